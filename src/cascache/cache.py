@@ -1,0 +1,128 @@
+"""`Cache`: the assembled cascache (store, embedder, upstream, pipeline) behind one call.
+
+Both faces, the HTTP gateway and the in-process SDK wrappers, hand raw request
+bytes to `Cache.chat` and turn the `Outcome` into their own response type, so
+the two can never disagree on keys, policy or errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cascache._errors import CascacheError, ConfigError, InvalidRequest, UpstreamError
+from cascache.config import Settings
+from cascache.embedders import make_embedder
+from cascache.embedders.base import Embedder
+from cascache.metrics import Metrics
+from cascache.pipeline import Outcome, Pipeline
+from cascache.providers import PROVIDERS
+from cascache.stores import open_store
+from cascache.stores.base import Store
+from cascache.upstreams.base import Upstream
+from cascache.upstreams.http import HttpUpstream
+
+log = logging.getLogger(__name__)
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    options: dict[str, Any] = {"memo_size": settings.embedder.memo_size}
+    if settings.embedder.kind == "openai":
+        if not settings.embedder.url or not settings.embedder.model:
+            raise ConfigError("embedder.url and embedder.model are required when embedder.kind = 'openai'")
+        options.update(base_url=settings.embedder.url, model=settings.embedder.model)
+        if settings.embedder.api_key_env:
+            options["api_key"] = os.environ.get(settings.embedder.api_key_env)
+    return make_embedder(settings.embedder.kind, **options)
+
+
+async def build_store(settings: Settings, dim: int) -> Store:
+    url = settings.store.url or str(Path(settings.data_dir) / "store")
+    store = open_store(url, dim=dim, max_entries=settings.store.max_entries)
+    if asyncio.iscoroutine(store):
+        store = await store
+    return store  # type: ignore[return-value]
+
+
+def build_upstream(settings: Settings, base_url: str | None = None) -> Upstream:
+    url = base_url or settings.upstream.url
+    if not url:
+        raise ConfigError("upstream.url is not set (and no managed engine was started)")
+    api_key = os.environ.get(settings.upstream.api_key_env) if settings.upstream.api_key_env else None
+    if settings.upstream.api_key_env and not api_key:
+        raise ConfigError(f"upstream.api_key_env names {settings.upstream.api_key_env}, which is not set")
+    return HttpUpstream(url, api_key=api_key, timeout_s=settings.upstream.timeout_s,
+                        connect_timeout_s=settings.upstream.connect_timeout_s)
+
+
+class Cache:
+    """One cascache instance. Use `await Cache.open(settings)`, then `chat(...)`, then `close()`."""
+
+    def __init__(self, settings: Settings, store: Store, embedder: Embedder, upstream: Upstream,
+                 metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.embedder = embedder
+        self.upstream = upstream
+        self.metrics = metrics or Metrics()
+        self.pipeline = Pipeline(settings, store, embedder, upstream, self.metrics)
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, settings: Settings, upstream: Upstream | None = None,
+                   upstream_url: str | None = None) -> Cache:
+        embedder = build_embedder(settings)
+        store = await build_store(settings, embedder.dim)
+        cache = cls(settings, store, embedder, upstream or build_upstream(settings, upstream_url))
+        cache._sweeper = asyncio.create_task(cache._sweep_forever(), name="cascache-sweeper")
+        return cache
+
+    async def chat(self, provider_name: str, raw_body: bytes, headers: Mapping[str, str]) -> Outcome:
+        """Serve one chat request given as raw bytes; `headers` have lower-case names."""
+        provider = PROVIDERS[provider_name]
+        try:
+            try:
+                body = orjson.loads(raw_body)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+            request = provider.parse(body)
+            return await self.pipeline.handle(provider, request, raw_body, headers)
+        except CascacheError as exc:
+            if isinstance(exc, UpstreamError):
+                self.metrics.upstream_errors.labels(type(exc).__name__).inc()
+            error = provider.error_body(exc.status_code, str(exc), exc.error_type, getattr(exc, "param", None))
+            return Outcome(exc.status_code, {"content-type": "application/json", "x-cascache": "error"},
+                           body=orjson.dumps(error))
+        except Exception:
+            # A bug in cascache must still answer in the provider's shape, and be loud in the logs.
+            log.exception("unexpected error while serving a %s request", provider_name)
+            self.metrics.tier_errors.labels("pipeline", "unexpected").inc()
+            error = provider.error_body(500, "internal error in cascache", "server_error")
+            return Outcome(500, {"content-type": "application/json", "x-cascache": "error"}, body=orjson.dumps(error))
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.store.sweep_interval_s)
+            try:
+                await self.store.sweep(self.pipeline.clock())
+            except Exception:
+                log.exception("sweep failed")
+                self.metrics.tier_errors.labels("store", "sweep").inc()
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for closer in (self.upstream.close, self.embedder.close, self.store.close):
+            try:
+                await closer()
+            except Exception:
+                log.exception("error while closing %s", closer)

