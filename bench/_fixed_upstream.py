@@ -30,6 +30,7 @@ import itertools
 import signal
 import sys
 import time
+from typing import cast
 
 import orjson
 
@@ -84,8 +85,8 @@ class _Http(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports do not subclass asyncio.Transport, hence a cast, not an isinstance check.
+        self._transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

@@ -114,6 +114,11 @@ class PolicySettings(_Section):
     """Sampled answers (temperature > 0) are cached: a cache returns one good sample."""
 
 
+class AdminSettings(_Section):
+    token: str | None = None
+    """Bearer token for /admin and /dashboard (or CASCACHE_ADMIN_TOKEN). None: no admin route is reachable."""
+
+
 class Settings(_Section):
     data_dir: Path = Path(".cascache")
     server: ServerSettings = ServerSettings()
@@ -124,6 +129,7 @@ class Settings(_Section):
     exact: ExactSettings = ExactSettings()
     semantic: SemanticSettings = SemanticSettings()
     policy: PolicySettings = PolicySettings()
+    admin: AdminSettings = AdminSettings()
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
@@ -140,7 +146,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     sections = set(Settings.model_fields) - {"data_dir"}
     tree: dict[str, Any] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == "CASCACHE_ADMIN_TOKEN":
+        if not name.startswith(ENV_PREFIX):
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         if rest == "data_dir":

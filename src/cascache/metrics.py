@@ -38,5 +38,15 @@ class Metrics:
             ["kind", "saved"], registry=self.registry,
         )
 
+    def request_counts(self) -> dict[str, float]:
+        """Requests so far by the tier that served them (all providers)."""
+        counts: dict[str, float] = {}
+        for metric in self.requests.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    served = sample.labels["served"]
+                    counts[served] = counts.get(served, 0.0) + sample.value
+        return counts
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -11,50 +9,8 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from cascache.cache import Cache
-from cascache.config import Settings, load_settings
 from cascache.gateway import create_app
-from cascache.stores.memory import MemoryStore
-from tests.fakes import FakeProvider, KeywordEmbedder
-
-Q = "What is the capital of France?"
-
-
-def body(text: str = Q, **extra: Any) -> dict[str, Any]:
-    return {"model": "test-model", "messages": [{"role": "system", "content": "Be brief."},
-                                                 {"role": "user", "content": text}], "temperature": 0, **extra}
-
-
-class Harness:
-    def __init__(self, settings: Settings) -> None:
-        self.provider = FakeProvider()
-        self.embedder = KeywordEmbedder()
-        self.store = MemoryStore()
-        self.settings = settings
-
-    @contextlib.asynccontextmanager
-    async def factory(self, settings: Settings) -> AsyncIterator[Cache]:
-        cache = Cache(settings, self.store, self.embedder, self.provider.upstream())
-        self.cache = cache
-        yield cache
-        await cache.close()
-
-
-@pytest.fixture
-def harness() -> Harness:
-    return Harness(load_settings(overrides={"semantic.threshold": 0.8, "server.max_body_bytes": 4096}, environ={}))
-
-
-@pytest.fixture
-def client(harness: Harness) -> Iterator[TestClient]:
-    app = create_app(harness.settings, cache_factory=harness.factory)
-    with TestClient(app, headers={"authorization": "Bearer sk-tenant-a"}) as test_client:
-        yield test_client
-
-
-def post(client: TestClient, payload: Any, **headers: str) -> httpx.Response:
-    return client.post("/v1/chat/completions", json=payload, headers=headers)
-
+from tests.unit.gateway_harness import Q, Harness, body, post
 
 def test_miss_then_exact_hit(client: TestClient, harness: Harness) -> None:
     first = post(client, body())

@@ -35,6 +35,7 @@ __all__ = [
     "OnnxMiniLMEmbedder",
     "OpenAICompatibleEmbedder",
     "make_embedder",
+    "resolve_dim",
 ]
 
 #: Embedder kind (as written in configuration) -> factory taking that kind's options.
@@ -56,3 +57,15 @@ def make_embedder(kind: str, **options: Any) -> Embedder:
         known = ", ".join(sorted(EMBEDDERS))
         raise ValueError(f"unknown embedder {kind!r}; known: {known}") from None
     return factory(**options)
+
+
+async def resolve_dim(embedder: Embedder) -> int:
+    """The embedder's vector dimension, embedding one probe text if it has not learned it yet.
+
+    A store must know the dimension before the first request; an OpenAI-compatible
+    embedder built without `dim=` only learns it from a response.
+    """
+    try:
+        return embedder.dim
+    except DimensionUnknownError:
+        return int((await embedder.embed(["dimension probe"])).shape[1])

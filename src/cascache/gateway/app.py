@@ -15,6 +15,7 @@ from starlette.routing import Route
 from cascache._errors import BodyTooLarge, CascacheError
 from cascache.cache import Cache
 from cascache.config import Settings
+from cascache.gateway import admin
 from cascache.pipeline import Outcome
 from cascache.providers import PROVIDERS
 
@@ -24,8 +25,9 @@ log = logging.getLogger(__name__)
 CacheFactory = Callable[[Settings], contextlib.AbstractAsyncContextManager[Cache]]
 
 
-def _openai_error(status: int, message: str, error_type: str) -> Response:
-    return JSONResponse(PROVIDERS["openai"].error_body(status, message, error_type), status_code=status,
+def _error(status: int, message: str, error_type: str, provider_name: str = "openai") -> Response:
+    """An error in the shape of the API the client speaks."""
+    return JSONResponse(PROVIDERS[provider_name].error_body(status, message, error_type), status_code=status,
                         headers={"x-cascache": "error"})
 
 
@@ -59,7 +61,7 @@ def _chat_route(provider_name: str) -> Callable[[Request], Awaitable[Response]]:
         try:
             raw = await read_body(request, cache.settings.server.max_body_bytes)
         except CascacheError as exc:
-            return _openai_error(exc.status_code, str(exc), exc.error_type)
+            return _error(exc.status_code, str(exc), exc.error_type, provider_name)
         except ClientDisconnect:
             return Response(status_code=499)
         headers = {name.lower(): value for name, value in request.headers.items()}
@@ -74,7 +76,7 @@ async def models(request: Request) -> Response:
     try:
         reply = await cache.upstream.get("/models", headers)
     except CascacheError as exc:
-        return _openai_error(exc.status_code, str(exc), exc.error_type)
+        return _error(exc.status_code, str(exc), exc.error_type)
     return Response(reply.body or b"", status_code=reply.status, media_type=reply.headers.get("content-type"))
 
 
@@ -88,11 +90,11 @@ async def metrics(request: Request) -> Response:
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
-    return _openai_error(404, f"no route for {request.method} {request.url.path}", "invalid_request_error")
+    return _error(404, f"no route for {request.method} {request.url.path}", "invalid_request_error")
 
 
 async def method_not_allowed(request: Request, exc: Exception) -> Response:
-    return _openai_error(405, f"{request.method} is not allowed on {request.url.path}", "invalid_request_error")
+    return _error(405, f"{request.method} is not allowed on {request.url.path}", "invalid_request_error")
 
 
 @contextlib.asynccontextmanager
@@ -123,6 +125,7 @@ def create_app(settings: Settings, cache_factory: CacheFactory = default_cache) 
         Route("/v1/models", models, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *admin.ROUTES,
     ]
     return Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers={404: not_found, 405: method_not_allowed})

@@ -17,6 +17,7 @@ from cascache.embedders import (
     EmbeddingHTTPError,
     OpenAICompatibleEmbedder,
     make_embedder,
+    resolve_dim,
 )
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -109,6 +110,17 @@ async def test_dim_is_learned_from_the_first_response() -> None:
     assert embedder.dim == 3
     assert isinstance(embedder, Embedder)
     assert embedder.name == "openai-compatible/text-embedding-3-small"
+
+
+@pytest.mark.asyncio
+async def test_resolve_dim_probes_only_when_needed() -> None:
+    server = FakeServer({"dimension probe": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    assert await resolve_dim(make(server)) == 5
+    assert len(server.requests) == 1
+
+    known = FakeServer({})
+    assert await resolve_dim(make(known, dim=7)) == 7
+    assert known.requests == []
 
 
 @pytest.mark.asyncio
