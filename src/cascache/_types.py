@@ -72,6 +72,13 @@ class Usage:
     output_tokens: int = 0
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
+    """All tokens written to the provider's prefix cache (5m and 1h together)."""
+    cache_write_5m_tokens: int | None = None
+    """Of `cache_write_tokens`, those written with the 5-minute TTL (Anthropic
+    `cache_creation.ephemeral_5m_input_tokens`); None when the provider gave no split.
+    Kept apart because the two TTLs are priced differently (1.25x and 2x input)."""
+    cache_write_1h_tokens: int | None = None
+    """Of `cache_write_tokens`, those written with the 1-hour TTL (`ephemeral_1h_input_tokens`)."""
 
     def to_dict(self) -> dict[str, int | None]:
         return {
@@ -79,6 +86,8 @@ class Usage:
             "output_tokens": self.output_tokens,
             "cache_read_tokens": self.cache_read_tokens,
             "cache_write_tokens": self.cache_write_tokens,
+            "cache_write_5m_tokens": self.cache_write_5m_tokens,
+            "cache_write_1h_tokens": self.cache_write_1h_tokens,
         }
 
     @classmethod
@@ -88,6 +97,8 @@ class Usage:
             output_tokens=int(data.get("output_tokens") or 0),
             cache_read_tokens=data.get("cache_read_tokens"),
             cache_write_tokens=data.get("cache_write_tokens"),
+            cache_write_5m_tokens=data.get("cache_write_5m_tokens"),
+            cache_write_1h_tokens=data.get("cache_write_1h_tokens"),
         )
 
 

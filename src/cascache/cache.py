@@ -19,7 +19,7 @@ import orjson
 
 from cascache._errors import CascacheError, ConfigError, InvalidRequest, UpstreamError
 from cascache.config import Settings
-from cascache.embedders import make_embedder
+from cascache.embedders import make_embedder, resolve_dim
 from cascache.embedders.base import Embedder
 from cascache.metrics import Metrics
 from cascache.pipeline import Outcome, Pipeline
@@ -79,7 +79,7 @@ class Cache:
     async def open(cls, settings: Settings, upstream: Upstream | None = None,
                    upstream_url: str | None = None) -> Cache:
         embedder = build_embedder(settings)
-        store = await build_store(settings, embedder.dim)
+        store = await build_store(settings, await resolve_dim(embedder))
         cache = cls(settings, store, embedder, upstream or build_upstream(settings, upstream_url))
         cache._sweeper = asyncio.create_task(cache._sweep_forever(), name="cascache-sweeper")
         return cache

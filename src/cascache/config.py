@@ -97,8 +97,8 @@ class ExactSettings(_Section):
 
 class SemanticSettings(_Section):
     enabled: bool = True
-    threshold: float = Field(default=0.93, ge=0.0, le=1.0)
-    """Cosine similarity a candidate must reach. See docs/tuning.md for how 0.93 was chosen."""
+    threshold: float = Field(default=0.97, ge=0.0, le=1.0)
+    """Cosine similarity a candidate must reach. docs/tuning.md says how 0.97 was chosen (bench/threshold.py)."""
     k: int = Field(default=1, ge=1)
 
 

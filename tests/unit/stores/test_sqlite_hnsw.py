@@ -262,13 +262,13 @@ async def test_hnsw_recall_at_1_against_brute_force(tmp_path: Path) -> None:
     queries = perturbed(stored[::10], noise=0.3)
     store = open_store(tmp_path)
     await fill(store, stored)
-    await eventually(lambda: _hnsw_count(store))
 
     found = [row[0] for row in await top_ids(store, queries)]
 
     truth = brute_force_top1(stored, queries)
     recall = np.mean([a == b for a, b in zip(found, truth, strict=True)])
     assert recall >= 0.95, recall
+    assert await _hnsw_count(store)
     await store.close()
 
 
