@@ -10,6 +10,7 @@
     ├── EngineError            the managed llama.cpp engine failed   (upstreams/llamacpp_engine.py)
     │   └── EngineStartError   it did not start (carries the log tail)
     │       └── EngineNotInstalled  llama-server or the model package is missing
+    ├── NoUpstream             no upstream is configured for the API shape asked for (404)
     └── StoreUnavailable       a cache store failed; callers fail open (miss, no write)
 
 Errors that reach a client are rendered in the provider's own error shape by
@@ -56,6 +57,11 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamUnavailable(UpstreamError):
     status_code = 502
     error_type = "upstream_unavailable"
+
+
+class NoUpstream(CascacheError):
+    status_code = 404
+    error_type = "not_found_error"
 
 
 class StoreUnavailable(CascacheError):

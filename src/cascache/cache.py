@@ -51,36 +51,55 @@ async def build_store(settings: Settings, dim: int) -> Store:
     return store  # type: ignore[return-value]
 
 
-def build_upstream(settings: Settings, base_url: str | None = None) -> Upstream:
-    url = base_url or settings.upstream.url
-    if not url:
-        raise ConfigError("upstream.url is not set (and no managed engine was started)")
-    api_key = os.environ.get(settings.upstream.api_key_env) if settings.upstream.api_key_env else None
-    if settings.upstream.api_key_env and not api_key:
-        raise ConfigError(f"upstream.api_key_env names {settings.upstream.api_key_env}, which is not set")
-    return HttpUpstream(url, api_key=api_key, timeout_s=settings.upstream.timeout_s,
-                        connect_timeout_s=settings.upstream.connect_timeout_s)
+def _key_from_env(setting: str, env_name: str | None) -> str | None:
+    if not env_name:
+        return None
+    key = os.environ.get(env_name)
+    if not key:
+        raise ConfigError(f"{setting} names {env_name}, which is not set")
+    return key
+
+
+def build_upstreams(settings: Settings, openai_url: str | None = None) -> dict[str, Upstream]:
+    """One upstream per API shape that has a base URL (OpenAI-compatible, Anthropic)."""
+    options = settings.upstream
+    upstreams: dict[str, Upstream] = {}
+    url = openai_url or options.url
+    if url:
+        upstreams["openai"] = HttpUpstream(
+            url, api_key=_key_from_env("upstream.api_key_env", options.api_key_env),
+            timeout_s=options.timeout_s, connect_timeout_s=options.connect_timeout_s)
+    if options.anthropic_url:
+        upstreams["anthropic"] = HttpUpstream(
+            options.anthropic_url, api_key=_key_from_env("upstream.anthropic_api_key_env",
+                                                         options.anthropic_api_key_env),
+            timeout_s=options.timeout_s, connect_timeout_s=options.connect_timeout_s, key_header="x-api-key")
+    if not upstreams:
+        raise ConfigError("no upstream: set upstream.url or upstream.anthropic_url (or let serve start the engine)")
+    return upstreams
 
 
 class Cache:
     """One cascache instance. Use `await Cache.open(settings)`, then `chat(...)`, then `close()`."""
 
-    def __init__(self, settings: Settings, store: Store, embedder: Embedder, upstream: Upstream,
+    def __init__(self, settings: Settings, store: Store, embedder: Embedder, upstreams: Mapping[str, Upstream],
                  metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.store = store
         self.embedder = embedder
-        self.upstream = upstream
+        self.upstreams = dict(upstreams)
+        """Upstream per API shape ("openai", "anthropic")."""
         self.metrics = metrics or Metrics()
-        self.pipeline = Pipeline(settings, store, embedder, upstream, self.metrics)
+        self.pipeline = Pipeline(settings, store, embedder, self.upstreams, self.metrics)
         self._sweeper: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, settings: Settings, upstream: Upstream | None = None,
+    async def open(cls, settings: Settings, upstreams: Mapping[str, Upstream] | None = None,
                    upstream_url: str | None = None) -> Cache:
+        """Build everything from settings; `upstreams` replaces the configured ones (library use)."""
         embedder = build_embedder(settings)
         store = await build_store(settings, await resolve_dim(embedder))
-        cache = cls(settings, store, embedder, upstream or build_upstream(settings, upstream_url))
+        cache = cls(settings, store, embedder, upstreams or build_upstreams(settings, upstream_url))
         cache._sweeper = asyncio.create_task(cache._sweep_forever(), name="cascache-sweeper")
         return cache
 
@@ -121,7 +140,9 @@ class Cache:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        for closer in (self.upstream.close, self.embedder.close, self.store.close):
+        await self.pipeline.coalescer.aclose()
+        closers = [upstream.close for upstream in self.upstreams.values()]
+        for closer in (*closers, self.embedder.close, self.store.close):
             try:
                 await closer()
             except Exception:

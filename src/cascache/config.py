@@ -56,6 +56,10 @@ class UpstreamSettings(_Section):
     """OpenAI-compatible base URL (e.g. http://127.0.0.1:8081/v1). None: start the managed engine."""
     api_key_env: str | None = None
     """Name of the environment variable holding the upstream key. None: forward the caller's key."""
+    anthropic_url: str | None = None
+    """Anthropic Messages base URL (e.g. https://api.anthropic.com/v1). None: /v1/messages answers 404."""
+    anthropic_api_key_env: str | None = None
+    """Environment variable holding the Anthropic key (sent as x-api-key). None: forward the caller's."""
     timeout_s: float = Field(default=120.0, gt=0)
     """Longest wait for the upstream's next byte (read timeout)."""
     connect_timeout_s: float = Field(default=5.0, gt=0)
@@ -102,6 +106,13 @@ class SemanticSettings(_Section):
     k: int = Field(default=1, ge=1)
 
 
+class CoalesceSettings(_Section):
+    enabled: bool = True
+    """Identical cacheable requests in flight share one upstream call."""
+    merge_sampled: bool = False
+    """Also merge requests with temperature > 0 (they would each get a different sample otherwise)."""
+
+
 class PolicySettings(_Section):
     ttl_s: float | None = Field(default=7 * 24 * 3600.0, gt=0)
     """Default entry lifetime; None keeps entries until evicted or purged."""
@@ -128,6 +139,7 @@ class Settings(_Section):
     embedder: EmbedderSettings = EmbedderSettings()
     exact: ExactSettings = ExactSettings()
     semantic: SemanticSettings = SemanticSettings()
+    coalesce: CoalesceSettings = CoalesceSettings()
     policy: PolicySettings = PolicySettings()
     admin: AdminSettings = AdminSettings()
 

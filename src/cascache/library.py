@@ -1,4 +1,4 @@
-"""The library face: `cascache.wrap(client)` for the OpenAI SDK clients, sync and async.
+"""The library face: `cascache.wrap(client)` for the OpenAI and Anthropic SDK clients, sync and async.
 
 The wrapped client is a copy of the caller's client whose HTTP transport hands
 chat requests to an in-process `Cache` (same keys, same store, same pipeline
@@ -23,41 +23,39 @@ from typing import Any, TypeVar
 from cascache.cache import Cache
 from cascache.config import Settings, load_settings
 from cascache.pipeline import Outcome
+from cascache.providers import PROVIDERS
 from cascache.upstreams.http import HttpUpstream
 
 T = TypeVar("T")
 ClientT = TypeVar("ClientT")
 
-_CHAT_SUFFIXES = {"/chat/completions": "openai"}
-
-
-def _provider_for(method: str, path: str) -> str | None:
-    if method != "POST":
-        return None
-    for suffix, provider in _CHAT_SUFFIXES.items():
-        if path.endswith(suffix):
-            return provider
-    return None
-
-
 class _CacheHandle:
-    """Opens the Cache on first use, on whichever loop the requests run on."""
+    """Opens the Cache on first use, on whichever loop the requests run on.
 
-    def __init__(self, settings: Settings, base_url: str) -> None:
+    The upstream's base URL is taken from the first chat request itself (its URL
+    minus the chat path), so any base URL the SDK was given works unchanged.
+    """
+
+    def __init__(self, settings: Settings, provider: str) -> None:
         self._settings = settings
-        self._base_url = base_url
+        self.provider = provider
+        self.chat_path = PROVIDERS[provider].chat_path
         self._cache: Cache | None = None
         self._lock: asyncio.Lock | None = None
 
-    async def get(self) -> Cache:
+    def is_chat(self, request: Any) -> bool:
+        return bool(request.method == "POST" and request.url.path.endswith(self.chat_path))
+
+    async def get(self, request_url: str) -> Cache:
         if self._cache is None:
             self._lock = self._lock or asyncio.Lock()
             async with self._lock:
                 if self._cache is None:
-                    # The caller's own Authorization header is forwarded: the SDK holds the key.
-                    upstream = HttpUpstream(self._base_url, timeout_s=self._settings.upstream.timeout_s,
+                    base_url = request_url.split("?", 1)[0][: -len(self.chat_path)]
+                    # No key of our own: the SDK's credential headers are forwarded.
+                    upstream = HttpUpstream(base_url, timeout_s=self._settings.upstream.timeout_s,
                                             connect_timeout_s=self._settings.upstream.connect_timeout_s)
-                    self._cache = await Cache.open(self._settings, upstream=upstream)
+                    self._cache = await Cache.open(self._settings, upstreams={self.provider: upstream})
         return self._cache
 
     async def close(self) -> None:
@@ -92,11 +90,10 @@ def _transports(httpx: ModuleType) -> tuple[type, type]:
             self._fallback = fallback
 
         async def handle_async_request(self, request: Any) -> Any:
-            provider = _provider_for(request.method, request.url.path)
-            if provider is None:
+            if not self._handle.is_chat(request):
                 return await self._fallback.handle_async_request(request)
-            cache = await self._handle.get()
-            outcome = await cache.chat(provider, await request.aread(), _headers(request))
+            cache = await self._handle.get(str(request.url))
+            outcome = await cache.chat(self._handle.provider, await request.aread(), _headers(request))
             return _response(httpx, outcome, request)
 
         async def aclose(self) -> None:
@@ -110,14 +107,13 @@ def _transports(httpx: ModuleType) -> tuple[type, type]:
             self._runner = runner
 
         def handle_request(self, request: Any) -> Any:
-            provider = _provider_for(request.method, request.url.path)
-            if provider is None:
+            if not self._handle.is_chat(request):
                 return self._fallback.handle_request(request)
             body = request.read()
 
             async def serve() -> Outcome:
-                cache = await self._handle.get()
-                return await cache.chat(provider, body, _headers(request))
+                cache = await self._handle.get(str(request.url))
+                return await cache.chat(self._handle.provider, body, _headers(request))
 
             outcome = self._runner.run(serve())
             if outcome.stream is not None:
@@ -177,7 +173,7 @@ def _httpx_module_of(http_client: Any) -> ModuleType:
 
 
 def wrap(client: ClientT, settings: Settings | None = None) -> ClientT:
-    """A copy of an `openai.OpenAI` or `openai.AsyncOpenAI` client that caches through cascache.
+    """A copy of an OpenAI or Anthropic SDK client (sync or async) that caches through cascache.
 
     `settings` default to `load_settings()` (CASCACHE_* environment variables):
     the embedded store under `.cascache/` and the default local embedder.
@@ -185,10 +181,11 @@ def wrap(client: ClientT, settings: Settings | None = None) -> ClientT:
     settings = settings or load_settings()
     sdk_http = getattr(client, "_client", None)
     if sdk_http is None or not hasattr(client, "copy"):
-        raise TypeError(f"cascache.wrap expects an OpenAI SDK client, got {type(client).__name__}")
+        raise TypeError(f"cascache.wrap expects an OpenAI or Anthropic SDK client, got {type(client).__name__}")
+    provider = "anthropic" if type(client).__module__.split(".")[0] == "anthropic" else "openai"
     httpx = _httpx_module_of(sdk_http)
     async_transport, sync_transport = _transports(httpx)
-    handle = _CacheHandle(settings, str(client.base_url))  # type: ignore[attr-defined]
+    handle = _CacheHandle(settings, provider)
     timeout = sdk_http.timeout
     if isinstance(sdk_http, httpx.AsyncClient):
         http_client = httpx.AsyncClient(transport=async_transport(handle, httpx.AsyncHTTPTransport()),

@@ -1,4 +1,4 @@
-"""The request path, top to bottom: policy, exact, semantic, upstream, write-back.
+"""The request path, top to bottom: policy, exact, semantic, coalesce, upstream, write-back.
 
 Reads like the diagram in DESIGN.md. Every tier is called by name; none of
 them knows which store, embedder or provider sits behind its protocol. Cache
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from cascache._errors import NoUpstream, UpstreamError
 from cascache._types import CacheEntry, ChatRequest, Served, Vector
 from cascache.config import Settings
 from cascache.embedders.base import Embedder
@@ -22,10 +23,11 @@ from cascache.metrics import Metrics
 from cascache.policy import HEADER_USER, Decision, decide
 from cascache.providers.base import Provider
 from cascache.stores.base import Store
+from cascache.tiers.coalesce import Coalescer, Subscription
 from cascache.tiers.exact import ExactTier
 from cascache.tiers.semantic import SemanticTier
 from cascache.tiers.writeback import WriteBack
-from cascache.upstreams.base import Upstream, UpstreamReply
+from cascache.upstreams.base import Upstream
 
 SSE_MEDIA_TYPE = "text/event-stream"
 
@@ -50,18 +52,20 @@ def caller_key(headers: Mapping[str, str]) -> str | None:
 
 class Pipeline:
     def __init__(
-        self, settings: Settings, store: Store, embedder: Embedder, upstream: Upstream, metrics: Metrics,
+        self, settings: Settings, store: Store, embedder: Embedder, upstreams: Mapping[str, Upstream],
+        metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.store = store
         self.embedder = embedder
-        self.upstream = upstream
+        self.upstreams = upstreams
         self.metrics = metrics
         self.clock = clock
         self.exact = ExactTier(store, metrics, enabled=settings.exact.enabled)
         self.semantic = SemanticTier(store, embedder, metrics, threshold=settings.semantic.threshold,
                                      k=settings.semantic.k, enabled=settings.semantic.enabled)
+        self.coalescer: Coalescer[Head | bytes] = Coalescer()
         self.writeback = WriteBack(store, metrics)
 
     async def handle(self, provider: Provider, request: ChatRequest, raw_body: bytes,
@@ -107,50 +111,72 @@ class Pipeline:
     async def _from_upstream(self, provider: Provider, request: ChatRequest, raw_body: bytes,
                              headers: Mapping[str, str], keys: RequestKeys, decision: Decision,
                              vector: Vector | None, served: Served) -> Outcome:
-        started = time.perf_counter()
+        """Tier 3a then the upstream call: join an identical flight in progress, or start one."""
+        upstream = self.upstreams.get(provider.name)
+        if upstream is None:
+            raise NoUpstream(f"no upstream is configured for the {provider.name} API")
         body = provider.upstream_body(request, raw_body)
-        reply = await self.upstream.post(provider.chat_path, body, headers, stream=request.stream)
-        self._count(provider, served)
-        out_headers = {**reply.headers, "x-cascache": served.value}
-        if reply.chunks is not None:
-            return Outcome(reply.status, out_headers,
-                           stream=self._relay(provider, request, reply, keys, decision, vector, started))
-        self.metrics.stage_seconds.labels("upstream").observe(time.perf_counter() - started)
-        if reply.status == 200 and decision.store and reply.body:
-            try:
-                response = orjson.loads(reply.body)
-            except orjson.JSONDecodeError:
-                response = None
-            if isinstance(response, dict) and provider.is_complete(response):
-                await self._write_back(provider, request, keys, decision, response, vector)
-        return Outcome(reply.status, out_headers, body=reply.body)
 
-    async def _relay(self, provider: Provider, request: ChatRequest, reply: UpstreamReply, keys: RequestKeys,
-                     decision: Decision, vector: Vector | None, started: float) -> AsyncIterator[bytes]:
-        """Pass a live stream through while assembling it; write back only a stream that ended cleanly.
+        def start() -> AsyncIterator[Head | bytes]:
+            return self._flight(provider, upstream, request, body, headers, keys, decision, vector)
 
-        A client that disconnects closes this generator at a `yield`, so the
-        write-back below is never reached for an abandoned stream.
-        """
-        assembler = provider.assembler()
-        assert reply.chunks is not None
-        pending = b""
+        # A request that may not be shared gets a key nobody else holds: one code path for all.
+        key = (keys.fingerprint, request.stream) if self._may_coalesce(request, decision) else object()
+        subscription = self.coalescer.join(key, start)
         try:
-            async for chunk in reply.chunks:
-                # Forward whole SSE events only, so each can be assembled and filtered.
-                pending += chunk
-                *events, pending = pending.replace(b"\r\n", b"\n").split(b"\n\n")
-                for event in events:
-                    assembler.feed_bytes(event + b"\n\n")
-                    forwarded = provider.client_event(event + b"\n\n", request)
-                    if forwarded is not None:
-                        yield forwarded
-            if pending.strip():
-                assembler.feed_bytes(pending + b"\n")
-                yield pending
-        except Exception as exc:  # the stream broke after headers were sent: tell the client in-band
+            head = await anext(subscription)
+        except BaseException:
+            await subscription.aclose()
+            raise
+        assert isinstance(head, Head)
+        served = served if subscription.leader else Served.COALESCED
+        self._count(provider, served)
+        out_headers = {**head.headers, "x-cascache": served.value}
+        if head.body is not None:
+            await subscription.aclose()
+            return Outcome(head.status, out_headers, body=head.body)
+        return Outcome(head.status, out_headers, stream=_client_stream(subscription, provider, request))
+
+    def _may_coalesce(self, request: ChatRequest, decision: Decision) -> bool:
+        """Only cacheable requests merge; sampled ones (temperature > 0) only when config allows."""
+        settings = self.settings.coalesce
+        if not settings.enabled or not decision.lookup:
+            return False
+        temperature = request.params.get("temperature", 1.0)  # the providers' default is sampling
+        sampled = not isinstance(temperature, int | float) or temperature > 0
+        return settings.merge_sampled or not sampled
+
+    async def _flight(self, provider: Provider, upstream: Upstream, request: ChatRequest, body: bytes,
+                      headers: Mapping[str, str], keys: RequestKeys, decision: Decision,
+                      vector: Vector | None) -> AsyncIterator[Head | bytes]:
+        """One upstream call, run once per flight by the coalescer: the head, then (streaming) SSE events.
+
+        The write-back happens here, once, at the end of a complete answer. When
+        every client has gone, the coalescer cancels this generator, so an
+        abandoned stream never reaches the write-back.
+        """
+        started = time.perf_counter()
+        reply = await upstream.post(provider.chat_path, body, headers, stream=request.stream)
+        if reply.chunks is None:
+            self.metrics.stage_seconds.labels("upstream").observe(time.perf_counter() - started)
+            if reply.status == 200 and decision.store and reply.body:
+                try:
+                    response = orjson.loads(reply.body)
+                except orjson.JSONDecodeError:
+                    response = None
+                if isinstance(response, dict) and provider.is_complete(response):
+                    await self._write_back(provider, request, keys, decision, response, vector)
+            yield Head(reply.status, reply.headers, reply.body)
+            return
+        assembler = provider.assembler()
+        try:
+            yield Head(reply.status, reply.headers, None)
+            async for event in _sse_events(reply.chunks):
+                assembler.feed_bytes(event)
+                yield event
+        except UpstreamError as exc:  # the stream broke after headers were sent: tell the clients in-band
             self.metrics.upstream_errors.labels(type(exc).__name__).inc()
-            yield provider.stream_error_event(str(exc), getattr(exc, "error_type", "upstream_error"))
+            yield provider.stream_error_event(str(exc), exc.error_type)
             return
         finally:
             await reply.close()
@@ -171,6 +197,38 @@ class Pipeline:
 
     def _count(self, provider: Provider, served: Served) -> None:
         self.metrics.requests.labels(served.value, provider.name).inc()
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """First item of every flight: status and headers, and the whole body when it does not stream."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes | None
+
+
+async def _sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Re-cut a byte stream into whole SSE events, so each can be assembled, shared and filtered."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        *events, pending = pending.replace(b"\r\n", b"\n").split(b"\n\n")
+        for event in events:
+            yield event + b"\n\n"
+    if pending.strip():
+        yield pending + b"\n\n"
+
+
+async def _client_stream(subscription: Subscription[Head | bytes], provider: Provider,
+                         request: ChatRequest) -> AsyncIterator[bytes]:
+    """One client's view of a shared stream. Leaving early (disconnect) leaves the flight."""
+    async with subscription:
+        async for event in subscription:
+            assert isinstance(event, bytes)
+            forwarded = provider.client_event(event, request)
+            if forwarded is not None:
+                yield forwarded
 
 
 async def _aiter(items: Iterator[bytes]) -> AsyncIterator[bytes]:

@@ -31,7 +31,7 @@ class Harness:
 
     @contextlib.asynccontextmanager
     async def factory(self, settings: Settings) -> AsyncIterator[Cache]:
-        cache = Cache(settings, self.store, self.embedder, self.provider.upstream())
+        cache = Cache(settings, self.store, self.embedder, {"openai": self.provider.upstream()})
         self.cache = cache
         yield cache
         await cache.close()

@@ -12,7 +12,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cascache._errors import BodyTooLarge, CascacheError
+from cascache._errors import BodyTooLarge, CascacheError, NoUpstream
 from cascache.cache import Cache
 from cascache.config import Settings
 from cascache.gateway import admin
@@ -74,7 +74,10 @@ async def models(request: Request) -> Response:
     cache: Cache = request.app.state.cache
     headers = {name.lower(): value for name, value in request.headers.items()}
     try:
-        reply = await cache.upstream.get("/models", headers)
+        upstream = cache.upstreams.get("openai")
+        if upstream is None:
+            raise NoUpstream("no OpenAI-compatible upstream is configured")
+        reply = await upstream.get("/models", headers)
     except CascacheError as exc:
         return _error(exc.status_code, str(exc), exc.error_type)
     return Response(reply.body or b"", status_code=reply.status, media_type=reply.headers.get("content-type"))
@@ -102,7 +105,7 @@ async def default_cache(settings: Settings) -> AsyncIterator[Cache]:
     """Open the cache against the configured upstream, or a managed llama.cpp engine when there is none."""
     async with contextlib.AsyncExitStack() as stack:
         upstream_url = settings.upstream.url
-        if not upstream_url:
+        if not upstream_url and not settings.upstream.anthropic_url:
             from cascache.upstreams.managed import managed_engine
 
             engine = await stack.enter_async_context(managed_engine(settings))
@@ -122,6 +125,7 @@ def create_app(settings: Settings, cache_factory: CacheFactory = default_cache) 
     routes = [
         Route("/v1/chat/completions", _chat_route("openai"), methods=["POST"]),
         Route("/chat/completions", _chat_route("openai"), methods=["POST"]),
+        Route("/v1/messages", _chat_route("anthropic"), methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

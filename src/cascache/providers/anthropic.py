@@ -67,7 +67,7 @@ _ERROR_TYPE_BY_STATUS = {
 _ANTHROPIC_ERROR_TYPES = frozenset(_ERROR_TYPE_BY_STATUS.values())
 #: cascache's own error types (`_errors.py`) as Anthropic names them, for errors
 #: raised after a stream has started (no status code is sent then).
-_ERROR_TYPE_BY_CASCACHE_TYPE = {"timeout": "timeout_error", "invalid_request_error": "invalid_request_error"}
+_ERROR_TYPE_BY_CASCACHE_TYPE = {"timeout": "timeout_error"}
 
 
 # ---------------------------------------------------------------------------
@@ -439,13 +439,19 @@ class StreamAssembler:
 
 
 def anthropic_error_type(status: int | None, error_type: str) -> str:
-    """An error type Anthropic's clients know, from a status and cascache's own type."""
+    """An error type Anthropic's clients know, from a status and cascache's own type.
+
+    The status decides when Anthropic's table names it (cascache's `BodyTooLarge`
+    is an `invalid_request_error` with status 413, which Anthropic calls
+    `request_too_large`); otherwise an Anthropic type given by the caller is
+    kept, and anything else falls back by status class.
+    """
+    if status in _ERROR_TYPE_BY_STATUS:
+        return _ERROR_TYPE_BY_STATUS[status]
     if error_type in _ANTHROPIC_ERROR_TYPES:
         return error_type
     if status is None:
         return _ERROR_TYPE_BY_CASCACHE_TYPE.get(error_type, "api_error")
-    if status in _ERROR_TYPE_BY_STATUS:
-        return _ERROR_TYPE_BY_STATUS[status]
     return "invalid_request_error" if 400 <= status < 500 else "api_error"
 
 

@@ -131,7 +131,7 @@ class Coalescer(Generic[T]):
             async for item in iterator:
                 flight.publish(item)
             outcome = None
-        except Exception as exc:  # handed to every subscriber; the task itself ends cleanly
+        except Exception as exc:  # noqa: BLE001 - handed to every subscriber; the task itself ends cleanly
             outcome = exc
         finally:
             try:
@@ -162,7 +162,8 @@ class Coalescer(Generic[T]):
         if self._flights.get(flight.key) is flight:
             del self._flights[flight.key]
         assert flight.task is not None
-        return None
+        flight.task.cancel()
+        return flight.task
 
 
 class Subscription(Generic[T]):
@@ -172,7 +173,7 @@ class Subscription(Generic[T]):
     so that leaving early is never forgotten.
     """
 
-    __slots__ = ("leader", "_coalescer", "_flight", "_position")
+    __slots__ = ("_coalescer", "_flight", "_position", "leader")
 
     def __init__(self, coalescer: Coalescer[T], flight: _Flight[T], leader: bool) -> None:
         self.leader = leader
@@ -232,7 +233,7 @@ class Subscription(Generic[T]):
 class _Flight(Generic[T]):
     """The shared state of one producer run: its items so far, its outcome, who is still listening."""
 
-    __slots__ = ("key", "items", "subscribers", "finished", "error", "error_traceback", "task", "_changed")
+    __slots__ = ("_changed", "error", "error_traceback", "finished", "items", "key", "subscribers", "task")
 
     def __init__(self, key: Hashable) -> None:
         self.key = key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from typing import Literal
 
 import httpx
 
@@ -27,7 +28,8 @@ class HttpUpstream:
     """POSTs bodies to `base_url + path`, streaming when asked.
 
     `api_key`, when set, replaces the caller's credentials (the gateway holds
-    the provider key); otherwise the caller's Authorization header is passed on.
+    the provider key), sent as `Authorization: Bearer` or, for Anthropic,
+    `x-api-key`; otherwise the caller's own credential headers are passed on.
     """
 
     def __init__(
@@ -37,9 +39,11 @@ class HttpUpstream:
         timeout_s: float = 120.0,
         connect_timeout_s: float = 5.0,
         client: httpx.AsyncClient | None = None,
+        key_header: Literal["authorization", "x-api-key"] = "authorization",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
+        self._key_header = key_header
         self._client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
@@ -49,7 +53,11 @@ class HttpUpstream:
         out = {name: headers[name] for name in _FORWARD_REQUEST if name in headers}
         if self._api_key:
             out.pop("x-api-key", None)
-            out["authorization"] = f"Bearer {self._api_key}"
+            out.pop("authorization", None)
+            if self._key_header == "x-api-key":
+                out["x-api-key"] = self._api_key
+            else:
+                out["authorization"] = f"Bearer {self._api_key}"
         out["content-type"] = "application/json"
         return out
 

@@ -25,7 +25,10 @@ class GatedProducer:
     """
 
     def __init__(
-        self, items: list[str] = ITEMS, error: BaseException | None = None, slow_close: asyncio.Event | None = None
+        self,
+        items: list[str] = ITEMS,
+        error: BaseException | None = None,
+        slow_close: asyncio.Event | None = None,
     ) -> None:
         self.items = items
         self.error = error
@@ -62,7 +65,9 @@ class GatedProducer:
             raise
         finally:
             if self.slow_close is not None:
-                await self.slow_close.wait()
+                # Bounded too: a failing test must not leave a task that blocks the loop's teardown.
+                async with asyncio.timeout(5):
+                    await self.slow_close.wait()
             self.cleaned_up.set()
 
 
@@ -88,7 +93,7 @@ async def collect_until_error(sub: Subscription[str]) -> tuple[list[str], BaseEx
     try:
         async for item in sub:
             received.append(item)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the error is what the test inspects
         error = exc
     with pytest.raises(StopAsyncIteration):
         await anext(sub)
