@@ -66,9 +66,11 @@ def build_upstreams(settings: Settings, openai_url: str | None = None) -> dict[s
     upstreams: dict[str, Upstream] = {}
     url = openai_url or options.url
     if url:
+        # The managed engine (openai_url given by `serve`) is llama.cpp: shape for its prompt cache.
+        kind = settings.prefix.upstream_kind or ("llamacpp" if openai_url else None)
         upstreams["openai"] = HttpUpstream(
             url, api_key=_key_from_env("upstream.api_key_env", options.api_key_env),
-            timeout_s=options.timeout_s, connect_timeout_s=options.connect_timeout_s)
+            timeout_s=options.timeout_s, connect_timeout_s=options.connect_timeout_s, kind=kind)
     if options.anthropic_url:
         upstreams["anthropic"] = HttpUpstream(
             options.anthropic_url, api_key=_key_from_env("upstream.anthropic_api_key_env",

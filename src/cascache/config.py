@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cascache._errors import ConfigError
+from cascache.tiers.prefix.base import PrefixSettings
 
 ENV_PREFIX = "CASCACHE_"
 
@@ -113,6 +114,33 @@ class CoalesceSettings(_Section):
     """Also merge requests with temperature > 0 (they would each get a different sample otherwise)."""
 
 
+class PrefixConfig(_Section):
+    """Tier 2: shaping requests for the provider's prefix cache (never changes an answer)."""
+
+    enabled: bool = True
+    canonical_tools: bool = True
+    sort_schema_properties: bool = False
+    lint: bool = True
+    anthropic_breakpoints: bool = True
+    anthropic_auto: bool = False
+    one_hour_ttl: bool = True
+    openai_retention: Literal["in_memory", "24h"] | None = None
+    min_tokens: dict[str, int] = Field(default_factory=dict)
+    """Per-model minimum cacheable prompt length overrides (model-name prefix -> tokens)."""
+    upstream_kind: Literal["openai", "openai_compatible", "llamacpp", "vllm"] | None = None
+    """How to shape OpenAI-shaped requests. None: "llamacpp" for the managed engine, "openai" for
+    api.openai.com, else "openai_compatible" (which adds no fields an unknown server might reject)."""
+    tracker_size: int = Field(default=10_000, ge=1)
+
+    def to_settings(self) -> PrefixSettings:
+        return PrefixSettings(**self.model_dump(exclude={"upstream_kind", "tracker_size"}))
+
+
+class AccountingConfig(_Section):
+    prices: dict[str, dict[str, float | str]] = Field(default_factory=dict)
+    """Per-model price overrides (model-name prefix -> {"input", "output", "cache_read", ...} USD per 1M tokens)."""
+
+
 class PolicySettings(_Section):
     ttl_s: float | None = Field(default=7 * 24 * 3600.0, gt=0)
     """Default entry lifetime; None keeps entries until evicted or purged."""
@@ -140,6 +168,8 @@ class Settings(_Section):
     exact: ExactSettings = ExactSettings()
     semantic: SemanticSettings = SemanticSettings()
     coalesce: CoalesceSettings = CoalesceSettings()
+    prefix: PrefixConfig = PrefixConfig()
+    accounting: AccountingConfig = AccountingConfig()
     policy: PolicySettings = PolicySettings()
     admin: AdminSettings = AdminSettings()
 

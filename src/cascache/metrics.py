@@ -33,6 +33,25 @@ class Metrics:
             "cascache_semantic_similarity", "Similarity of the best semantic candidate",
             buckets=(0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99, 1.0), registry=self.registry,
         )
+        self.cost_usd = Counter(
+            "cascache_cost_usd", "Dollars spent upstream, by the tier that served the request", ["served"],
+            registry=self.registry,
+        )
+        self.saved_usd = Counter(
+            "cascache_saved_usd", "Dollars saved against no cache: Tier 1 hits (whole call) and Tier 2 (cached input)",
+            ["tier"], registry=self.registry,
+        )
+        self.prefix_notes = Counter(
+            "cascache_prefix_shaping", "What Tier 2 shaping did, by note code", ["code"], registry=self.registry
+        )
+        self.prefix_lint_findings = Counter(
+            "cascache_prefix_lint_findings", "Volatile content found in cacheable prefixes", ["kind"],
+            registry=self.registry,
+        )
+        self.prefix_tokens_lost = Counter(
+            "cascache_prefix_tokens_lost", "Prefix tokens after the first volatile token (uncacheable)",
+            registry=self.registry,
+        )
         self.tokens = Counter(
             "cascache_tokens", "Tokens by kind (input, output, cache_read) and by whether a cache hit saved them",
             ["kind", "saved"], registry=self.registry,

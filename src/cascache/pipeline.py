@@ -1,4 +1,4 @@
-"""The request path, top to bottom: policy, exact, semantic, coalesce, upstream, write-back.
+"""The request path, top to bottom: policy, exact, semantic, coalesce, prefix, upstream, write-back.
 
 Reads like the diagram in DESIGN.md. Every tier is called by name; none of
 them knows which store, embedder or provider sits behind its protocol. Cache
@@ -16,6 +16,7 @@ import orjson
 
 from cascache._errors import NoUpstream, UpstreamError
 from cascache._types import CacheEntry, ChatRequest, Served, Vector
+from cascache.accounting import CostBreakdown, cost, default_price_table, hit_cost
 from cascache.config import Settings
 from cascache.embedders.base import Embedder
 from cascache.keys import RequestKeys, make_scope, request_keys
@@ -25,6 +26,7 @@ from cascache.providers.base import Provider
 from cascache.stores.base import Store
 from cascache.tiers.coalesce import Coalescer, Subscription
 from cascache.tiers.exact import ExactTier
+from cascache.tiers.prefix.tier import PREFIX_WARNING_HEADER, PrefixTier
 from cascache.tiers.semantic import SemanticTier
 from cascache.tiers.writeback import WriteBack
 from cascache.upstreams.base import Upstream
@@ -66,6 +68,8 @@ class Pipeline:
         self.semantic = SemanticTier(store, embedder, metrics, threshold=settings.semantic.threshold,
                                      k=settings.semantic.k, enabled=settings.semantic.enabled)
         self.coalescer: Coalescer[Head | bytes] = Coalescer()
+        self.prefix = PrefixTier(settings.prefix, metrics, clock)
+        self.prices = default_price_table().merged(settings.accounting.prices)
         self.writeback = WriteBack(store, metrics)
 
     async def handle(self, provider: Provider, request: ChatRequest, raw_body: bytes,
@@ -99,7 +103,10 @@ class Pipeline:
         self._count(provider, served)
         self.metrics.tokens.labels("input", "true").inc(entry.usage.input_tokens)
         self.metrics.tokens.labels("output", "true").inc(entry.usage.output_tokens)
-        headers = {"x-cascache": served.value, "x-cascache-entry": entry.id}
+        money = hit_cost(entry.usage, entry.model, self.prices)
+        self.metrics.saved_usd.labels("tier1").inc(money.saved_usd)
+        headers = {"x-cascache": served.value, "x-cascache-entry": entry.id,
+                   "x-cascache-cost-usd": "0", "x-cascache-saved-usd": f"{money.saved_usd:.6f}"}
         if similarity is not None:
             headers["x-cascache-similarity"] = f"{similarity:.4f}"
         if request.stream:
@@ -115,7 +122,10 @@ class Pipeline:
         upstream = self.upstreams.get(provider.name)
         if upstream is None:
             raise NoUpstream(f"no upstream is configured for the {provider.name} API")
-        body = provider.upstream_body(request, raw_body)
+        # Tier 2: shape the body for the provider's prefix cache (keys were made before, so never moved).
+        kind = "anthropic" if provider.name == "anthropic" else upstream.kind
+        shaped_request, shaped_bytes, shaped = self.prefix.shape(kind, request, keys.scope)
+        body = provider.upstream_body(shaped_request, shaped_bytes)
 
         def start() -> AsyncIterator[Head | bytes]:
             return self._flight(provider, upstream, request, body, headers, keys, decision, vector)
@@ -132,6 +142,12 @@ class Pipeline:
         served = served if subscription.leader else Served.COALESCED
         self._count(provider, served)
         out_headers = {**head.headers, "x-cascache": served.value}
+        warning = self.prefix.warning(shaped)
+        if warning:
+            out_headers[PREFIX_WARNING_HEADER] = warning
+        if head.cost is not None:
+            out_headers["x-cascache-cost-usd"] = f"{head.cost.cost_usd:.6f}"
+            out_headers["x-cascache-saved-usd"] = f"{head.cost.saved_usd:.6f}"
         if head.body is not None:
             await subscription.aclose()
             return Outcome(head.status, out_headers, body=head.body)
@@ -159,14 +175,17 @@ class Pipeline:
         reply = await upstream.post(provider.chat_path, body, headers, stream=request.stream)
         if reply.chunks is None:
             self.metrics.stage_seconds.labels("upstream").observe(time.perf_counter() - started)
-            if reply.status == 200 and decision.store and reply.body:
+            money = None
+            if reply.status == 200 and reply.body:
                 try:
                     response = orjson.loads(reply.body)
                 except orjson.JSONDecodeError:
                     response = None
-                if isinstance(response, dict) and provider.is_complete(response):
-                    await self._write_back(provider, request, keys, decision, response, vector)
-            yield Head(reply.status, reply.headers, reply.body)
+                if isinstance(response, dict):
+                    money = self._account(provider, request, response)
+                    if decision.store and provider.is_complete(response):
+                        await self._write_back(provider, request, keys, decision, response, vector)
+            yield Head(reply.status, reply.headers, reply.body, money)
             return
         assembler = provider.assembler()
         try:
@@ -181,18 +200,29 @@ class Pipeline:
         finally:
             await reply.close()
         self.metrics.stage_seconds.labels("upstream").observe(time.perf_counter() - started)
-        if decision.store and assembler.ended_cleanly:
+        if assembler.ended_cleanly:
             response = assembler.response()
-            if provider.is_complete(response):
+            self._account(provider, request, response)
+            if decision.store and provider.is_complete(response):
                 await self._write_back(provider, request, keys, decision, response, vector)
+
+    def _account(self, provider: Provider, request: ChatRequest, response: dict[str, object]) -> CostBreakdown:
+        """Tokens and dollars of one upstream call; Tier 2's saving is the discount on cached input."""
+        usage = provider.usage(response)
+        money = cost(usage, request.model, self.prices)
+        self.metrics.tokens.labels("input", "false").inc(usage.input_tokens)
+        self.metrics.tokens.labels("output", "false").inc(usage.output_tokens)
+        self.metrics.tokens.labels("cache_read", "false").inc(usage.cache_read_tokens or 0)
+        self.metrics.cost_usd.labels("upstream").inc(money.cost_usd)
+        if money.saved_usd > 0:
+            self.metrics.saved_usd.labels("tier2").inc(money.saved_usd)
+        return money
 
     async def _write_back(self, provider: Provider, request: ChatRequest, keys: RequestKeys, decision: Decision,
                           response: dict[str, object], vector: Vector | None) -> None:
         if vector is None and keys.namespace is not None and request.semantic_text is not None:
             vector = await self.semantic.embed(request.semantic_text)
         usage = provider.usage(response)
-        self.metrics.tokens.labels("input", "false").inc(usage.input_tokens)
-        self.metrics.tokens.labels("output", "false").inc(usage.output_tokens)
         await self.writeback.write(request, keys, decision, response, usage, vector, self.clock())
 
     def _count(self, provider: Provider, served: Served) -> None:
@@ -206,6 +236,8 @@ class Head:
     status: int
     headers: Mapping[str, str]
     body: bytes | None
+    cost: CostBreakdown | None = None
+    """What the call cost, when known before the headers go out (non-streaming answers)."""
 
 
 async def _sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

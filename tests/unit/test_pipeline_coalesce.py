@@ -18,6 +18,8 @@ from tests.fakes import KeywordEmbedder, chat_answer, sse_answer
 class GatedUpstream:
     """Answers only when the test opens the gate, so requests pile up in flight."""
 
+    kind = "openai_compatible"
+
     def __init__(self, fail_status: int | None = None) -> None:
         self.gate = asyncio.Event()
         self.calls = 0

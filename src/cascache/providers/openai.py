@@ -16,6 +16,7 @@ import orjson
 
 from cascache._errors import InvalidRequest
 from cascache._types import ChatRequest, Usage
+from cascache.accounting import parse_usage
 
 PROVIDER = "openai"
 CHAT_PATH = "/chat/completions"
@@ -35,6 +36,8 @@ NOT_IN_KEY = frozenset(
         "prompt_cache_key",
         "prompt_cache_retention",
         "safety_identifier",
+        "cache_prompt",
+        "cache_salt",
     }
 )
 
@@ -110,18 +113,12 @@ def parse(body: Any) -> ChatRequest:
 
 
 def usage(response: Mapping[str, Any]) -> Usage:
-    """Token counts of a Chat Completions response (llama.cpp and vLLM report the same fields)."""
-    raw = response.get("usage") or {}
-    details = raw.get("prompt_tokens_details") or {}
-    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
-    if cached is None and isinstance(raw.get("prompt_cache_hit_tokens"), int):  # DeepSeek
-        cached = raw["prompt_cache_hit_tokens"]
-    return Usage(
-        input_tokens=int(raw.get("prompt_tokens") or 0),
-        output_tokens=int(raw.get("completion_tokens") or 0),
-        cache_read_tokens=cached if isinstance(cached, int) else None,
-        cache_write_tokens=None,
-    )
+    """Token counts of a Chat Completions response, from whichever server sent it.
+
+    OpenAI, DeepSeek, vLLM and llama.cpp fill different fields; the parser is
+    chosen by the fields present (cascache.accounting.usage).
+    """
+    return parse_usage(response)
 
 
 def is_complete(response: Mapping[str, Any]) -> bool:
@@ -209,6 +206,7 @@ class StreamAssembler:
         self._meta: dict[str, Any] = {}
         self._choices: dict[int, dict[str, Any]] = {}
         self._usage: Mapping[str, Any] | None = None
+        self._timings: Mapping[str, Any] | None = None
         self.done = False
         self._buffer = b""
 
@@ -239,6 +237,8 @@ class StreamAssembler:
                 self._meta.setdefault(key, chunk[key])
         if chunk.get("usage"):
             self._usage = chunk["usage"]
+        if isinstance(chunk.get("timings"), Mapping):  # llama.cpp: prompt-cache reuse (cache_n) lives here
+            self._timings = chunk["timings"]
         for delta_choice in chunk.get("choices") or []:
             index = delta_choice.get("index", 0)
             choice = self._choices.setdefault(
@@ -289,6 +289,8 @@ class StreamAssembler:
             response["system_fingerprint"] = self._meta["system_fingerprint"]
         if self._usage is not None:
             response["usage"] = dict(self._usage)
+        if self._timings is not None:
+            response["timings"] = dict(self._timings)
         return response
 
 

@@ -33,6 +33,9 @@ class Upstream(Protocol):
     with its own status and body.
     """
 
+    kind: str
+    """What serves behind it, for Tier 2 shaping: "openai", "openai_compatible", "llamacpp", "vllm", "anthropic"."""
+
     async def post(self, path: str, body: bytes, headers: Mapping[str, str], stream: bool) -> UpstreamReply: ...
 
     async def get(self, path: str, headers: Mapping[str, str]) -> UpstreamReply: ...

@@ -24,6 +24,15 @@ def _response_headers(headers: httpx.Headers) -> dict[str, str]:
     return kept
 
 
+def guess_kind(base_url: str, key_header: str) -> str:
+    """The Tier 2 shaping kind for a URL, when config does not say."""
+    if key_header == "x-api-key" or "anthropic.com" in base_url:
+        return "anthropic"
+    if "api.openai.com" in base_url:
+        return "openai"
+    return "openai_compatible"
+
+
 class HttpUpstream:
     """POSTs bodies to `base_url + path`, streaming when asked.
 
@@ -40,8 +49,10 @@ class HttpUpstream:
         connect_timeout_s: float = 5.0,
         client: httpx.AsyncClient | None = None,
         key_header: Literal["authorization", "x-api-key"] = "authorization",
+        kind: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.kind = kind or guess_kind(self.base_url, key_header)
         self._api_key = api_key
         self._key_header = key_header
         self._client = client or httpx.AsyncClient(
