@@ -55,6 +55,14 @@ def serve(
                 log_level=log_level.lower(), timeout_graceful_shutdown=10)
 
 
+def _console() -> Any:
+    """A rich console; output that is not a terminal (pipes, logs) gets room for whole tables."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
 def _settings_or_exit(config: Path | None, overrides: dict[str, object]) -> Settings:
     try:
         return load_settings(config, overrides)
@@ -99,7 +107,6 @@ ConfigFile = Annotated[Path | None, typer.Option(help="TOML config file")]
 def stats(url: GatewayUrl = None, admin_token: AdminToken = None, data_dir: DataDir = None,
           config: ConfigFile = None) -> None:
     """Per-tier summary, from a running gateway (--url) or a data dir."""
-    from rich.console import Console
     from rich.table import Table
 
     if url:
@@ -119,7 +126,7 @@ def stats(url: GatewayUrl = None, admin_token: AdminToken = None, data_dir: Data
     for served, count in sorted(report["requests"].items()):
         share = f" ({count / total:.1%})" if total else ""
         table.add_row(f"requests {served}", f"{count:g}{share}")
-    Console().print(table)
+    _console().print(table)
 
 
 @app.command()
@@ -150,6 +157,118 @@ def purge(
         settings = _settings_or_exit(config, {"data_dir": data_dir})
         removed = asyncio.run(_with_store(settings, lambda store: store.purge(selector)))
     typer.echo(f"purged {removed} entries")
+
+
+def _template(model: str, system: str | None, params: str | None) -> dict[str, Any]:
+    template: dict[str, Any] = {"model": model, "messages": [{"role": "system", "content": system}] if system else []}
+    if params:
+        extra = json.loads(params)
+        if not isinstance(extra, dict):
+            raise typer.BadParameter("--params must be a JSON object")
+        template.update(extra)
+    return template
+
+
+@app.command()
+def warm(
+    file: Annotated[Path, typer.Argument(help="JSONL or CSV with question, answer (and optional tags)", exists=True)],
+    model: Annotated[str, typer.Option(help="Model the warmed answers are for")],
+    system: Annotated[str | None, typer.Option(help="System prompt of the requests that will ask")] = None,
+    params: Annotated[str | None, typer.Option(help='Other body parameters as JSON, e.g. {"temperature": 0}')] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Env var with the tenant's API key (the scope)")] = None,
+    version: Annotated[str | None, typer.Option(help="Namespace version to write under")] = None,
+    tags: Annotated[str | None, typer.Option(help="Source tags for every entry, comma-separated")] = None,
+    data_dir: DataDir = None, config: ConfigFile = None,
+) -> None:
+    """Pre-warm Tier 1 from question/answer pairs (no upstream calls)."""
+    import os
+
+    from rich.progress import track
+
+    from cascache.cache import Cache
+    from cascache.warm import read_pairs, warm_pair
+
+    settings = _settings_or_exit(config, {"data_dir": data_dir})
+    headers = {"authorization": f"Bearer {os.environ[api_key_env]}"} if api_key_env else {}
+    if version:
+        headers["x-cascache-version"] = version
+    if tags:
+        headers["x-cascache-tags"] = tags
+    pairs = list(read_pairs(file))
+    template = _template(model, system, params)
+
+    async def run() -> int:
+        # No upstream is called while warming; the Cache still needs one named.
+        cache = await Cache.open(settings, upstream_url=settings.upstream.url or "http://127.0.0.1:9/v1")
+        try:
+            written = 0
+            for pair in track(pairs, description="warming"):
+                written += await warm_pair(cache, template, pair, headers) is not None
+            return written
+        finally:
+            await cache.close()
+
+    typer.echo(f"warmed {asyncio.run(run())} of {len(pairs)} pairs")
+
+
+@app.command()
+def replay(
+    workload: Annotated[Path, typer.Argument(help="JSONL of requests (bodies, or {body, headers})", exists=True)],
+    url: GatewayUrl = None,
+    upstream_url: Annotated[str | None, typer.Option(help="In-process mode: the upstream to call on misses")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=256)] = 8,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Write the report as an HTML page")] = None,
+    data_dir: DataDir = None, config: ConfigFile = None,
+) -> None:
+    """Send a workload through a gateway (--url) or in-process, and print a per-tier report."""
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from cascache.replay import ReplayReport, read_workload, render_html
+    from cascache.replay import replay as run_replay
+
+    items = list(read_workload(workload))
+    settings = _settings_or_exit(config, {"data_dir": data_dir, "upstream.url": upstream_url})
+
+    async def run(progress: Callable[[], None]) -> ReplayReport:
+        import httpx
+
+        if url:
+            async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=300) as client:
+                async def send(body: bytes, headers: Any) -> tuple[int, Any, bytes]:
+                    reply = await client.post("/v1/chat/completions", content=body,
+                                              headers={"content-type": "application/json", **headers})
+                    return reply.status_code, reply.headers, reply.content
+                return await run_replay(items, send, concurrency, progress)
+        from cascache.cache import Cache
+
+        cache = await Cache.open(settings)
+        try:
+            async def send_local(body: bytes, headers: Any) -> tuple[int, Any, bytes]:
+                outcome = await cache.chat("openai", body, headers)
+                content = outcome.body if outcome.stream is None else b"".join([c async for c in outcome.stream])
+                return outcome.status, outcome.headers, content or b""
+            return await run_replay(items, send_local, concurrency, progress)
+        finally:
+            await cache.close()
+
+    with Progress() as bar:
+        task = bar.add_task("replaying", total=len(items))
+        report = asyncio.run(run(lambda: bar.advance(task)))
+    table = Table(title=f"cascache replay: {len(items)} requests")
+    rows = report.rows()
+    for column in (rows[0] if rows else {}):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+    _console().print(table)
+    totals = report.totals()
+    typer.echo(f"spent ${totals['cost_usd']:.6f}, saved ${totals['saved_usd']:.6f} "
+               f"({totals['cost_cut']:.1%} of ${totals['no_cache_cost_usd']:.6f} with no cache), "
+               f"{totals['wall_s']:.1f}s")
+    if html_out:
+        html_out.write_text(render_html(report))
+        typer.echo(f"report written to {html_out}")
 
 
 config_app = typer.Typer(help="Configuration tools.", no_args_is_help=True)
