@@ -76,11 +76,17 @@ class FakeProvider:
     finish: str = "stop"
     cut_stream: bool = False
     raise_exc: Exception | None = None
+    raise_times: int | None = None
+    """How many requests raise `raise_exc` (None: all of them)."""
+    attempts: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers_seen: list[dict[str, str]] = field(default_factory=list)
 
     def handler(self, request: httpx.Request) -> httpx.Response:
-        if self.raise_exc is not None:
+        self.attempts += 1
+        if self.raise_exc is not None and (self.raise_times is None or self.raise_times > 0):
+            if self.raise_times is not None:
+                self.raise_times -= 1
             raise self.raise_exc
         if request.method == "GET" and request.url.path.endswith("/models"):
             return httpx.Response(200, json={"object": "list", "data": [{"id": "test-model", "object": "model"}]})

@@ -197,3 +197,14 @@ def test_models_health_metrics_and_unknown_routes(client: TestClient) -> None:
     missing = client.get("/v1/nothing")
     assert missing.status_code == 404 and "error" in missing.json()
     assert client.get("/v1/chat/completions").status_code == 405
+
+
+def test_stale_keepalive_disconnect_is_retried_once(client: TestClient, harness: Harness) -> None:
+    harness.provider.raise_exc = httpx.RemoteProtocolError("Server disconnected without sending a response.")
+    harness.provider.raise_times = 1
+    reply = post(client, body())
+    assert reply.status_code == 200 and reply.headers["x-cascache"] == "miss"
+    assert harness.provider.attempts == 2
+    harness.provider.raise_times = None  # it keeps failing: one retry only, then 502
+    assert post(client, body("Another question?")).status_code == 502
+    assert harness.provider.attempts == 4

@@ -82,7 +82,13 @@ class HttpUpstream:
 
     async def _send(self, request: httpx.Request, stream: bool) -> UpstreamReply:
         try:
-            response = await self._client.send(request, stream=True)
+            try:
+                response = await self._client.send(request, stream=True)
+            except httpx.RemoteProtocolError:
+                # The server closed a kept-alive connection just as we reused it (llama-server does
+                # this now and then after a stream): no response began, so the request is sent once
+                # more on a fresh connection. Any other failure is final.
+                response = await self._client.send(request, stream=True)
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(f"upstream did not answer in time ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:

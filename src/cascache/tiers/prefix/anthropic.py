@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cascache.keys import canonical_json
+from cascache.tiers.prefix.lint import lint_prefix
 from cascache.tiers.prefix.base import Note, ShapeContext
 from cascache.tiers.prefix.limits import min_cacheable_tokens
 from cascache.tiers.prefix.tokens import part_tokens
@@ -214,9 +215,15 @@ def plan_breakpoints(body: Mapping[str, Any], ctx: ShapeContext) -> tuple[list[B
 
     notes: list[Note] = []
     placed: list[tuple[str, Unit]] = []
+    volatile_from = _first_volatile_unit(body, units, ctx)
     for role, pos in candidates:
         unit = units[pos]
-        if unit.cumulative_tokens < minimum:
+        if volatile_from is not None and pos >= volatile_from:
+            # The prefix up to here changes on every request: a write here would never be read,
+            # and writes cost 1.25x (2x for 1h). Better no breakpoint than a paid, useless one.
+            notes.append(Note("anthropic.volatile_prefix",
+                              f"{role} at {label(unit.path)}: prefix holds volatile content; not marked"))
+        elif unit.cumulative_tokens < minimum:
             notes.append(
                 Note(
                     "anthropic.below_minimum",
@@ -232,6 +239,21 @@ def plan_breakpoints(body: Mapping[str, Any], ctx: ShapeContext) -> tuple[list[B
         for (role, unit), ttl in zip(placed, ttls, strict=True)
     ]
     return plan, notes
+
+
+def _first_volatile_unit(body: Mapping[str, Any], units: Sequence[Unit], ctx: ShapeContext) -> int | None:
+    """Position of the first prompt block holding a timestamp, UUID, request id... (the lint's findings)."""
+    findings = lint_prefix(body, "anthropic", ctx.count_tokens).findings
+    first: int | None = None
+    for finding in findings:
+        for pos, unit in enumerate(units):
+            section = unit.path[0]
+            same_block = section == finding.where and (
+                len(unit.path) == 1 or unit.path[1] == finding.index)
+            if same_block:
+                first = pos if first is None else min(first, pos)
+                break
+    return first
 
 
 def _choose_ttls(

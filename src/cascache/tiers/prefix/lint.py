@@ -189,7 +189,10 @@ def lint_prefix(
         for offset, kind, text in _matches(segment.text):
             findings.append(LintFinding(kind, segment.where, segment.index, text[:_EXCERPT_CHARS]))
             if first_at is None:
-                first_at = before + min(segment.tokens, count(segment.text[:offset]))
+                # Anthropic caches whole blocks: a volatile value anywhere in a block spoils all of it.
+                # OpenAI caches by token prefix: only what follows the value is lost.
+                within = 0 if layout == "anthropic" else min(segment.tokens, count(segment.text[:offset]))
+                first_at = before + within
         before += segment.tokens
     lost = 0 if first_at is None else before - first_at
     return LintReport(tuple(findings), prefix_tokens=before, tokens_lost=lost)

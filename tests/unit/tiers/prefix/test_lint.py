@@ -136,7 +136,7 @@ def test_ids_in_structured_fields_are_not_text() -> None:
     assert lint_prefix(body, "chat").findings == ()
 
 
-def test_tokens_lost_count_the_prefix_from_the_first_finding_on() -> None:
+def test_tokens_lost_anthropic_lose_the_whole_block_holding_the_finding() -> None:
     volatile = "now: 2026-11-24T06:12:18Z " + "x" * 2000  # 2,026 characters: 507 tokens
     body = {
         "system": [{"type": "text", "text": text(1000)}, {"type": "text", "text": volatile}],
@@ -144,7 +144,15 @@ def test_tokens_lost_count_the_prefix_from_the_first_finding_on() -> None:
     }
     report = lint_prefix(body, "anthropic")
     assert report.prefix_tokens == 1000 + 507
-    assert report.tokens_lost == 1507 - (1000 + 2)  # "now: " is 2 tokens before the timestamp
+    assert report.tokens_lost == 507  # Anthropic caches whole blocks: the second block is lost entirely
+
+
+def test_tokens_lost_chat_count_the_prefix_from_the_first_finding_on() -> None:
+    volatile = "now: 2026-11-24T06:12:18Z " + "x" * 2000
+    body = {"messages": [{"role": "system", "content": text(1000)}, {"role": "system", "content": volatile},
+                         NEWEST]}
+    report = lint_prefix(body, "chat")
+    assert report.tokens_lost == report.prefix_tokens - (1000 + 2)  # "now: " is 2 tokens before the timestamp
 
 
 def test_a_clean_prefix_loses_nothing() -> None:

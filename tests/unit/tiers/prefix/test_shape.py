@@ -60,15 +60,24 @@ def test_each_kind_adds_its_fields_and_never_mutates_the_input(provider: str) ->
 
 def test_anthropic_end_to_end() -> None:
     shaped = shape("anthropic", BODIES["anthropic"], scope="tenant:a")
-    assert shaped.body["system"][0]["cache_control"] == {"type": "ephemeral"}
+    # The system prompt carries a date, so its prefix changes daily: a breakpoint there would be
+    # written (at 1.25x) and never read. None is placed; the lint reports why.
+    assert shaped.body["system"] == BODIES["anthropic"]["system"]
     assert [n.code for n in shaped.notes] == [
         "tools.canonical",
         "anthropic.below_minimum",
-        "anthropic.breakpoint",
+        "anthropic.volatile_prefix",
     ]
     assert shaped.lint is not None and shaped.lint.header_value() == "date@system[0]"
-    before_date = part_tokens(shaped.body["tools"][0]) + 4  # the tools, then "Current date: " (14 characters)
-    assert shaped.lint.tokens_lost == shaped.lint.prefix_tokens - before_date
+    # Anthropic caches whole blocks: everything from the start of the dated block on is lost.
+    assert shaped.lint.tokens_lost == shaped.lint.prefix_tokens - part_tokens(shaped.body["tools"][0])
+
+
+def test_anthropic_stable_system_prompt_gets_its_breakpoint() -> None:
+    stable = {**BODIES["anthropic"], "system": text(1500)}
+    shaped = shape("anthropic", stable, scope="tenant:a")
+    assert shaped.body["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert "anthropic.breakpoint" in [n.code for n in shaped.notes]
 
 
 def test_canonical_tools_apply_to_every_kind_and_are_noted_only_when_order_changed() -> None:
