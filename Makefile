@@ -18,6 +18,7 @@ serve: $(VENV)/.runtime
 
 # Everything CI runs: unit, contract and integration suites (real llama.cpp engine, real gateway processes).
 test: $(VENV)/.dev
+	bash scripts/ensure-chromium
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # For a quick local loop: skip the suites that start real servers.

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from cascache._errors import BodyTooLarge, CascacheError, NoUpstream
 from cascache.cache import Cache
 from cascache.config import Settings
-from cascache.gateway import admin
+from cascache.gateway import admin, dashboard
 from cascache.pipeline import Outcome
 from cascache.providers import PROVIDERS
 
@@ -130,6 +130,7 @@ def create_app(settings: Settings, cache_factory: CacheFactory = default_cache) 
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *admin.ROUTES,
+        *dashboard.ROUTES,
     ]
     return Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers={404: not_found, 405: method_not_allowed})
