@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,11 @@ class Cache:
             except orjson.JSONDecodeError as exc:
                 raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
             request = provider.parse(body)
-            return await self.pipeline.handle(provider, request, raw_body, headers)
+            started = time.perf_counter()
+            outcome = await self.pipeline.handle(provider, request, raw_body, headers)
+            # Until the answer (or, streaming, its headers) is ready: what the client waits before bytes.
+            self.metrics.stage_seconds.labels("total").observe(time.perf_counter() - started)
+            return outcome
         except CascacheError as exc:
             if isinstance(exc, UpstreamError):
                 self.metrics.upstream_errors.labels(type(exc).__name__).inc()
