@@ -35,7 +35,7 @@ def serve(
     upstream_api_key_env: Annotated[str | None, typer.Option(
         help="Environment variable holding the upstream API key. Unset: forward the caller's key.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Where the embedded store lives [default: .cascache]")] = None,
-    store: Annotated[str | None, typer.Option(help="Store URL: memory://, sqlite:///path [default: <data-dir>/store]")] = None,
+    store: Annotated[str | None, typer.Option(help="Store URL: memory://, sqlite:///path, redis://host:port[,host2:port2] (sharded) [default: <data-dir>/store]")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML config file")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
 ) -> None:

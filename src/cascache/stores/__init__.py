@@ -19,6 +19,7 @@ from typing import Any
 
 from cascache.stores.base import Store
 from cascache.stores.memory import MemoryStore
+from cascache.stores.redis import open_redis
 from cascache.stores.sqlite_hnsw import SqliteHnswStore
 
 __all__ = ["OPENERS", "MemoryStore", "SqliteHnswStore", "Store", "open_store"]
@@ -43,6 +44,7 @@ def _open_sqlite(location: str, dim: int, **options: Any) -> Store:
 OPENERS: dict[str, StoreOpener] = {
     "memory": _open_memory,
     "sqlite": _open_sqlite,
+    "redis": open_redis,
     "": _open_sqlite,
 }
 

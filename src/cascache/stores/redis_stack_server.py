@@ -39,7 +39,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Final, Self
 
 __all__ = ["RedisStackNotInstalled", "RedisStackServer", "locate_redis_stack", "prepare_openssl11"]
 
@@ -217,14 +217,15 @@ class RedisStackServer:
         env = dict(os.environ)
         libs = str(prepare_openssl11())
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, (libs, env.get("LD_LIBRARY_PATH"))))
-        self._process = subprocess.Popen(
-            self.command(),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=(self.data_dir / "redis.stderr").open("ab"),
-            start_new_session=True,  # a Ctrl-C in the terminal reaches the owner, who stops us in order
-        )
+        with (self.data_dir / "redis.stderr").open("ab") as stderr:  # the child keeps its own copy
+            self._process = subprocess.Popen(
+                self.command(),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,  # a Ctrl-C in the terminal reaches the owner, who stops us in order
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -283,7 +284,7 @@ class RedisStackServer:
         except OSError:
             return False
 
-    def __enter__(self) -> RedisStackServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
