@@ -28,7 +28,9 @@ from cascache.providers import PROVIDERS
 from cascache.stores import open_store
 from cascache.stores.base import Store
 from cascache.upstreams.base import Upstream
+from cascache.upstreams.engine_metrics import EngineMetricsScraper
 from cascache.upstreams.http import HttpUpstream
+from cascache.upstreams.pool import PoolUpstream
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +63,25 @@ def _key_from_env(setting: str, env_name: str | None) -> str | None:
     return key
 
 
+def build_pool(settings: Settings) -> PoolUpstream:
+    """Replicas of one model (`pool.urls`) behind one upstream, routed by `pool.policy`."""
+    options, pool = settings.upstream, settings.pool
+    api_key = _key_from_env("upstream.api_key_env", options.api_key_env)
+    replicas = [HttpUpstream(url, api_key=api_key, timeout_s=options.timeout_s,
+                             connect_timeout_s=options.connect_timeout_s, kind=settings.prefix.upstream_kind)
+                for url in pool.urls]
+    return PoolUpstream(replicas, pool.make_policy(), health_interval_s=pool.health_interval_s,
+                        unhealthy_after=pool.unhealthy_after)
+
+
 def build_upstreams(settings: Settings, openai_url: str | None = None) -> dict[str, Upstream]:
     """One upstream per API shape that has a base URL (OpenAI-compatible, Anthropic)."""
     options = settings.upstream
     upstreams: dict[str, Upstream] = {}
     url = openai_url or options.url
-    if url:
+    if settings.pool.urls and not openai_url:
+        upstreams["openai"] = build_pool(settings)
+    elif url:
         # The managed engine (openai_url given by `serve`) is llama.cpp: shape for its prompt cache.
         kind = settings.prefix.upstream_kind or ("llamacpp" if openai_url else None)
         upstreams["openai"] = HttpUpstream(
@@ -94,6 +109,7 @@ class Cache:
         """Upstream per API shape ("openai", "anthropic")."""
         self.metrics = metrics or Metrics()
         self.pipeline = Pipeline(settings, store, embedder, self.upstreams, self.metrics)
+        self._engine_scraper: EngineMetricsScraper | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     @classmethod
@@ -133,6 +149,19 @@ class Cache:
             error = provider.error_body(500, "internal error in cascache", "server_error")
             return Outcome(500, {"content-type": "application/json", "x-cascache": "error"}, body=orjson.dumps(error))
 
+    async def engine_cache_stats(self) -> dict[str, Any] | None:
+        """The engines' own prefix-cache hit rates, per replica and per pool (None: no self-hosted upstream)."""
+        upstream = self.upstreams.get("openai")
+        if isinstance(upstream, PoolUpstream):
+            urls: list[str] = list(upstream.replica_ids)
+        elif upstream is not None and upstream.kind in ("llamacpp", "vllm"):
+            urls = [getattr(upstream, "base_url", "")]
+        else:
+            return None
+        if self._engine_scraper is None:
+            self._engine_scraper = EngineMetricsScraper()
+        return (await self._engine_scraper.scrape(urls)).as_dict()
+
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.store.sweep_interval_s)
@@ -148,6 +177,8 @@ class Cache:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self.pipeline.coalescer.aclose()
+        if self._engine_scraper is not None:
+            await self._engine_scraper.close()
         closers = [upstream.close for upstream in self.upstreams.values()]
         for closer in (*closers, self.embedder.close, self.store.close):
             try:

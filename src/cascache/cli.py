@@ -34,6 +34,10 @@ def serve(
         help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8081/v1. Unset: start a local llama.cpp engine.")] = None,
     upstream_api_key_env: Annotated[str | None, typer.Option(
         help="Environment variable holding the upstream API key. Unset: forward the caller's key.")] = None,
+    replicas: Annotated[int | None, typer.Option(
+        help="Local llama.cpp replicas to start when no upstream URL is set [default: 1]")] = None,
+    routing: Annotated[str | None, typer.Option(
+        help="Replica routing: round_robin, least_outstanding, prefix_affinity [default: prefix_affinity]")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Where the embedded store lives [default: .cascache]")] = None,
     store: Annotated[str | None, typer.Option(help="Store URL: memory://, sqlite:///path, redis://host:port[,host2:port2] (sharded) [default: <data-dir>/store]")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML config file")] = None,
@@ -47,6 +51,7 @@ def serve(
     settings = _settings_or_exit(config, {
         "server.host": host, "server.port": port, "upstream.url": upstream_url,
         "upstream.api_key_env": upstream_api_key_env, "data_dir": data_dir, "store.url": store,
+        "pool.replicas": replicas, "pool.policy": routing,
     })
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line per upstream call is noise at info level; uvicorn's access log already says what was served.
@@ -126,6 +131,10 @@ def stats(url: GatewayUrl = None, admin_token: AdminToken = None, data_dir: Data
     for served, count in sorted(report["requests"].items()):
         share = f" ({count / total:.1%})" if total else ""
         table.add_row(f"requests {served}", f"{count:g}{share}")
+    engines = report.get("engines") or {}
+    for name, figures in {"pool": engines.get("pool"), **(engines.get("replicas") or {})}.items():
+        if isinstance(figures, dict) and figures.get("hit_rate") is not None:
+            table.add_row(f"engine prefix-cache hit rate {name}", f"{figures['hit_rate']:.1%}")
     _console().print(table)
 
 

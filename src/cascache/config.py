@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cascache._errors import ConfigError
 from cascache.tiers.prefix.base import PrefixSettings
+from cascache.tiers.route import AffinitySettings, RoutingPolicy, make_policy
 
 ENV_PREFIX = "CASCACHE_"
 
@@ -78,6 +79,32 @@ class EngineSettings(_Section):
     threads: int = Field(default=1, ge=1)
     cache_ram_mib: int = Field(default=256, ge=0)
     port: int = Field(default=0, ge=0, le=65535)
+
+
+class PoolSettings(_Section):
+    """Tier 3b: replicas of one OpenAI-compatible model behind one upstream, routed by a policy."""
+
+    urls: list[str] = Field(default_factory=list)
+    """Replica base URLs; when set they replace `upstream.url`. In the environment: comma-separated."""
+    replicas: int = Field(default=1, ge=1)
+    """Local llama.cpp replicas `serve` starts when no upstream URL is set (`--replicas`)."""
+    policy: Literal["round_robin", "least_outstanding", "prefix_affinity"] = "prefix_affinity"
+    cache_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    balance_abs_threshold: int = Field(default=4, ge=0)
+    balance_rel_threshold: float = Field(default=1.5, ge=1.0)
+    max_blocks_per_replica: int = Field(default=65_536, ge=1)
+    health_interval_s: float = Field(default=2.0, gt=0)
+    unhealthy_after: int = Field(default=2, ge=1)
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return [url.strip() for url in value.split(",") if url.strip()] if isinstance(value, str) else value
+
+    def make_policy(self) -> RoutingPolicy:
+        return make_policy(self.policy, AffinitySettings(
+            cache_threshold=self.cache_threshold, balance_abs_threshold=self.balance_abs_threshold,
+            balance_rel_threshold=self.balance_rel_threshold, max_blocks_per_replica=self.max_blocks_per_replica))
 
 
 class StoreSettings(_Section):
@@ -163,6 +190,7 @@ class Settings(_Section):
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     engine: EngineSettings = EngineSettings()
+    pool: PoolSettings = PoolSettings()
     store: StoreSettings = StoreSettings()
     embedder: EmbedderSettings = EmbedderSettings()
     exact: ExactSettings = ExactSettings()

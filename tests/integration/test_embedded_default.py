@@ -47,3 +47,22 @@ def test_serve_without_upstream_runs_the_local_engine(tmp_path: Path) -> None:
         time.sleep(0.2)
     else:
         pytest.fail(f"engine pid {pid} still alive after the gateway stopped")
+
+
+def test_serve_with_two_local_replicas_routes_and_reports_engine_caches(tmp_path: Path) -> None:
+    gateway = start_gateway(tmp_path, "--replicas", "2", "--routing", "prefix_affinity",
+                            env={"CASCACHE_ADMIN_TOKEN": "admin-t"})
+    try:
+        system = "You are a geography tutor. Answer in one short sentence. " * 8
+        for question in ("What is the capital of Spain?", "What is the capital of Peru?"):
+            reply = httpx.post(gateway.url + "/v1/chat/completions", timeout=120, json={
+                "model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": 200, "stop": ["\n"],
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}]})
+            assert reply.status_code == 200, reply.text
+        stats = httpx.get(gateway.url + "/admin/stats", headers={"authorization": "Bearer admin-t"}, timeout=30).json()
+        engines = stats["engines"]
+        assert len(engines["replicas"]) == 2
+        # The second question shares the system prompt: affinity sends it to the replica holding it.
+        assert engines["pool"]["cached_tokens"] > 0
+    finally:
+        gateway.stop()

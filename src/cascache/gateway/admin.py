@@ -113,7 +113,16 @@ async def stats(request: Request) -> Response:
                   "evictions": store_stats.evictions, "expired_swept": store_stats.expired_swept,
                   **{k: v for k, v in store_stats.extra.items() if isinstance(v, int | float | str | bool)}},
         "requests": cache.metrics.request_counts(),
+        # Beside our own tier counters: what the self-hosted engines say of their prefix caches.
+        "engines": await _engine_stats(cache),
     })
+
+
+async def _engine_stats(cache: Cache) -> dict[str, Any] | None:
+    try:
+        return await cache.engine_cache_stats()
+    except Exception as exc:  # a replica's /metrics being down must not break the stats page
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 ROUTES = [

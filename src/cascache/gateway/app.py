@@ -18,6 +18,7 @@ from cascache.config import Settings
 from cascache.gateway import admin, dashboard
 from cascache.pipeline import Outcome
 from cascache.providers import PROVIDERS
+from cascache.upstreams.base import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +106,17 @@ async def default_cache(settings: Settings) -> AsyncIterator[Cache]:
     """Open the cache against the configured upstream, or a managed llama.cpp engine when there is none."""
     async with contextlib.AsyncExitStack() as stack:
         upstream_url = settings.upstream.url
-        if not upstream_url and not settings.upstream.anthropic_url:
-            from cascache.upstreams.managed import managed_engine
+        upstreams: dict[str, Upstream] | None = None
+        if not upstream_url and not settings.upstream.anthropic_url and not settings.pool.urls:
+            from cascache.upstreams.managed import managed_engine, managed_pool
 
-            engine = await stack.enter_async_context(managed_engine(settings))
-            upstream_url = engine.base_url
-        cache = await Cache.open(settings, upstream_url=upstream_url)
+            if settings.pool.replicas > 1:
+                local = await stack.enter_async_context(managed_pool(settings))
+                upstreams = {"openai": local.pool}
+            else:
+                engine = await stack.enter_async_context(managed_engine(settings))
+                upstream_url = engine.base_url
+        cache = await Cache.open(settings, upstreams=upstreams, upstream_url=upstream_url)
         stack.push_async_callback(cache.close)
         yield cache
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cascache.config import Settings
 from cascache.upstreams.llamacpp_engine import EngineSettings, LlamaCppEngine
+from cascache.upstreams.managed_pool import LocalPool
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,18 @@ def engine_settings(settings: Settings) -> EngineSettings:
         log_path=Path(settings.data_dir) / "llama-server.log",
         **extra,  # type: ignore[arg-type]
     )
+
+
+@contextlib.asynccontextmanager
+async def managed_pool(settings: Settings) -> AsyncIterator[LocalPool]:
+    """Start `pool.replicas` engines behind one PoolUpstream, yield them healthy, and always stop them."""
+    pool = settings.pool
+    local = LocalPool(engine_settings(settings), pool.replicas, pool.make_policy(),
+                      health_interval_s=pool.health_interval_s, unhealthy_after=pool.unhealthy_after,
+                      timeout_s=settings.upstream.timeout_s, connect_timeout_s=settings.upstream.connect_timeout_s)
+    log.info("starting %d local llama.cpp replicas, routing: %s", pool.replicas, pool.policy)
+    async with local:
+        yield local
 
 
 @contextlib.asynccontextmanager
