@@ -11,7 +11,7 @@ LLAMA_CMAKE_ARGS := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_U
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-fast setup setup-dev bench clean
+.PHONY: serve test test-fast setup setup-dev setup-bench clean
 
 serve: $(VENV)/.runtime
 	$(VENV)/bin/cascache serve $(SERVE_ARGS)
@@ -42,6 +42,13 @@ $(VENV)/.runtime: $(VENV)/bin/python requirements/runtime.txt requirements/nodep
 
 $(VENV)/.dev: $(VENV)/.runtime requirements/dev.txt
 	$(PIP) install --quiet -r requirements/dev.txt
+	touch $@
+
+# Extra packages for the side-by-side benchmarks (GPTCache, matplotlib); bench/*.py say which they need.
+setup-bench: $(VENV)/.bench
+
+$(VENV)/.bench: $(VENV)/.dev requirements/bench.txt
+	$(PIP) install --quiet -r requirements/bench.txt
 	touch $@
 
 clean:

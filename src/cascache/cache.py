@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from cascache._errors import CascacheError, ConfigError, InvalidRequest, UpstreamError
+from cascache.categories import Categories
 from cascache.config import Settings
 from cascache.embedders import make_embedder, resolve_dim
 from cascache.embedders.base import Embedder
@@ -101,14 +102,14 @@ class Cache:
     """One cascache instance. Use `await Cache.open(settings)`, then `chat(...)`, then `close()`."""
 
     def __init__(self, settings: Settings, store: Store, embedder: Embedder, upstreams: Mapping[str, Upstream],
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, categories: Categories | None = None) -> None:
         self.settings = settings
         self.store = store
         self.embedder = embedder
         self.upstreams = dict(upstreams)
         """Upstream per API shape ("openai", "anthropic")."""
         self.metrics = metrics or Metrics()
-        self.pipeline = Pipeline(settings, store, embedder, self.upstreams, self.metrics)
+        self.pipeline = Pipeline(settings, store, embedder, self.upstreams, self.metrics, categories=categories)
         self._engine_scraper: EngineMetricsScraper | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -118,7 +119,9 @@ class Cache:
         """Build everything from settings; `upstreams` replaces the configured ones (library use)."""
         embedder = build_embedder(settings)
         store = await build_store(settings, await resolve_dim(embedder))
-        cache = cls(settings, store, embedder, upstreams or build_upstreams(settings, upstream_url))
+        categories = await Categories.build(settings.categories, embedder)  # embeds centroid examples once
+        cache = cls(settings, store, embedder, upstreams or build_upstreams(settings, upstream_url),
+                    categories=categories)
         cache._sweeper = asyncio.create_task(cache._sweep_forever(), name="cascache-sweeper")
         return cache
 

@@ -13,6 +13,7 @@ import typer
 
 from cascache._errors import ConfigError
 from cascache.config import Settings, load_settings
+from cascache.quality.command import eval_command
 from cascache.stores.base import Store
 
 T = TypeVar("T")
@@ -279,6 +280,8 @@ def replay(
         html_out.write_text(render_html(report))
         typer.echo(f"report written to {html_out}")
 
+
+app.command("eval")(eval_command)
 
 config_app = typer.Typer(help="Configuration tools.", no_args_is_help=True)
 app.add_typer(config_app, name="config")

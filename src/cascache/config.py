@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cascache._errors import ConfigError
+from cascache.categories import CategorySettings
+from cascache.tiers.guards import DEFAULT_GUARDS, validate_guard_names
 from cascache.tiers.prefix.base import PrefixSettings
 from cascache.tiers.route import AffinitySettings, RoutingPolicy, make_policy
 
@@ -132,6 +134,16 @@ class SemanticSettings(_Section):
     threshold: float = Field(default=0.97, ge=0.0, le=1.0)
     """Cosine similarity a candidate must reach. docs/tuning.md says how 0.97 was chosen (bench/threshold.py)."""
     k: int = Field(default=1, ge=1)
+    """Candidates fetched per lookup; with guards, a vetoed nearest one can give way to the next."""
+    guards: tuple[str, ...] = DEFAULT_GUARDS
+    """Guards that veto a candidate whose answer-determining tokens differ (docs/eval.md). [] turns them off."""
+
+    @field_validator("guards", mode="before")
+    @classmethod
+    def _known_guards(cls, value: Any) -> Any:
+        if isinstance(value, str):  # CASCACHE_SEMANTIC_GUARDS="number,negation" (or "none")
+            value = [] if value.strip().lower() in {"", "none"} else value.split(",")
+        return validate_guard_names(value) if isinstance(value, list | tuple) else value
 
 
 class CoalesceSettings(_Section):
@@ -199,6 +211,7 @@ class Settings(_Section):
     prefix: PrefixConfig = PrefixConfig()
     accounting: AccountingConfig = AccountingConfig()
     policy: PolicySettings = PolicySettings()
+    categories: CategorySettings = CategorySettings()
     admin: AdminSettings = AdminSettings()
 
 

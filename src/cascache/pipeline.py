@@ -17,6 +17,7 @@ import orjson
 from cascache._errors import NoUpstream, UpstreamError
 from cascache._types import CacheEntry, ChatRequest, Served, Vector
 from cascache.accounting import CostBreakdown, cost, default_price_table, hit_cost
+from cascache.categories import Categories, apply_category
 from cascache.config import Settings
 from cascache.embedders.base import Embedder
 from cascache.keys import RequestKeys, make_scope, request_keys
@@ -26,6 +27,7 @@ from cascache.providers.base import Provider
 from cascache.stores.base import Store
 from cascache.tiers.coalesce import Coalescer, Subscription
 from cascache.tiers.exact import ExactTier
+from cascache.tiers.guards import GuardSet
 from cascache.tiers.prefix.tier import PREFIX_WARNING_HEADER, PrefixTier
 from cascache.tiers.semantic import SemanticTier
 from cascache.tiers.writeback import WriteBack
@@ -57,6 +59,7 @@ class Pipeline:
         self, settings: Settings, store: Store, embedder: Embedder, upstreams: Mapping[str, Upstream],
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        categories: Categories | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -66,7 +69,10 @@ class Pipeline:
         self.clock = clock
         self.exact = ExactTier(store, metrics, enabled=settings.exact.enabled)
         self.semantic = SemanticTier(store, embedder, metrics, threshold=settings.semantic.threshold,
-                                     k=settings.semantic.k, enabled=settings.semantic.enabled)
+                                     k=settings.semantic.k, enabled=settings.semantic.enabled,
+                                     guards=GuardSet(settings.semantic.guards))
+        # Without `categories` (Cache.open builds them, embedding centroid examples): header and rules only.
+        self.categories = categories or Categories(settings.categories)
         self.coalescer: Coalescer[Head | bytes] = Coalescer()
         self.prefix = PrefixTier(settings.prefix, metrics, clock)
         self.prices = default_price_table().merged(settings.accounting.prices)
@@ -79,18 +85,26 @@ class Pipeline:
         scope = make_scope(caller_key(headers), request.user or headers.get(HEADER_USER))
         keys = request_keys(request, scope, decision.version, self.embedder.name)
         vector: Vector | None = None
+        category = self.categories.by_header_or_rule(request.semantic_text, headers)
+        if category is None:
+            if decision.lookup and self.categories.needs_vector and request.semantic_text is not None:
+                vector = await self.semantic.embed(request.semantic_text)  # reused by the semantic tier
+            category = self.categories.by_centroid(vector)
+        decision = apply_category(decision, category, headers)
         if decision.lookup:
             entry = await self.exact.lookup(keys.fingerprint, scope, now)
             if entry is not None:
                 return await self._replay(provider, request, entry, Served.HIT_EXACT, None, now)
             if keys.namespace is not None and request.semantic_text is not None:
-                found = await self.semantic.lookup(keys.namespace, scope, request.semantic_text, now)
+                found = await self.semantic.lookup(
+                    keys.namespace, scope, request.semantic_text, now,
+                    threshold=category.threshold(self.settings.semantic.threshold), vector=vector)
                 self.metrics.stage_seconds.labels("embed").observe(found.embed_s)
                 self.metrics.stage_seconds.labels("search").observe(found.search_s)
                 if found.entry is not None:
                     return await self._replay(provider, request, found.entry, Served.HIT_SEMANTIC,
                                               found.similarity, now)
-                vector = found.vector
+                vector = found.vector if found.vector is not None else vector
         served = Served.MISS if decision.lookup else Served.BYPASS
         return await self._from_upstream(provider, request, raw_body, headers, keys, decision, vector, served)
 

@@ -10,6 +10,7 @@ from cascache._types import CacheEntry, Namespace, Scope, Vector
 from cascache.embedders.base import Embedder
 from cascache.metrics import Metrics
 from cascache.stores.base import Store
+from cascache.tiers.guards import GuardSet, Veto, choose
 
 log = logging.getLogger(__name__)
 
@@ -21,23 +22,28 @@ class SemanticLookup:
     entry: CacheEntry | None
     """The accepted entry, or None."""
     similarity: float | None
-    """Cosine similarity of the best candidate (accepted or not)."""
+    """Cosine similarity of the accepted entry; on a miss, of the best candidate (None: no candidate)."""
     vector: Vector | None
     """The query's embedding, reused by the write-back on a miss."""
     embed_s: float = 0.0
     search_s: float = 0.0
+    veto: Veto | None = None
+    """The guard that refused a candidate clearing the threshold, if any (for logs and metrics)."""
 
 
 class SemanticTier:
-    """Accepts the nearest candidate when its cosine similarity clears the threshold.
+    """Serves the most similar of the k nearest candidates that clears the threshold and passes the guards.
 
     Only candidates of the request's namespace (same model, system prompt,
     earlier turns, parameters, scope, version, embedder) are ever compared.
-    Embedder or store failures are misses (fail open), logged and counted.
+    The decision itself is `tiers.guards.choose` (pure; `cascache eval` calls
+    the same function). Embedder or store failures are misses (fail open),
+    logged and counted.
     """
 
     def __init__(
-        self, store: Store, embedder: Embedder, metrics: Metrics, threshold: float, k: int = 1, enabled: bool = True
+        self, store: Store, embedder: Embedder, metrics: Metrics, threshold: float, k: int = 1, enabled: bool = True,
+        guards: GuardSet | None = None,
     ) -> None:
         self._store = store
         self._embedder = embedder
@@ -45,6 +51,7 @@ class SemanticTier:
         self.threshold = threshold
         self.k = k
         self.enabled = enabled
+        self.guards = guards if guards is not None else GuardSet(())
 
     async def embed(self, text: str) -> Vector | None:
         try:
@@ -54,11 +61,14 @@ class SemanticTier:
             self._metrics.tier_errors.labels("semantic", "embed").inc()
             return None
 
-    async def lookup(self, namespace: Namespace, scope: Scope, text: str, now: float) -> SemanticLookup:
+    async def lookup(self, namespace: Namespace, scope: Scope, text: str, now: float, *,
+                     threshold: float | None = None, vector: Vector | None = None) -> SemanticLookup:
+        """`threshold` overrides the tier's (a category's); `vector` is the query's, when already embedded."""
         if not self.enabled:
             return SemanticLookup(entry=None, similarity=None, vector=None)
         started = time.perf_counter()
-        vector = await self.embed(text)
+        if vector is None:
+            vector = await self.embed(text)
         embedded = time.perf_counter()
         if vector is None:
             return SemanticLookup(entry=None, similarity=None, vector=None, embed_s=embedded - started)
@@ -69,20 +79,17 @@ class SemanticTier:
             self._metrics.tier_errors.labels("semantic", "search").inc()
             candidates = []
         searched = time.perf_counter()
-        best: tuple[CacheEntry, float] | None = None
-        for entry, similarity in candidates:
-            # Defence in depth: the store filters by namespace and scope already.
-            if entry.namespace != namespace or entry.scope != scope or entry.is_expired(now):
-                continue
-            if best is None or similarity > best[1]:
-                best = (entry, similarity)
-        if best is not None:
-            self._metrics.semantic_similarity.observe(best[1])
-        accepted = best[0] if best is not None and best[1] >= self.threshold else None
+        choice = choose(candidates, namespace=namespace, scope=scope, now=now,
+                        threshold=self.threshold if threshold is None else threshold, query=text, guards=self.guards)
+        if choice.similarity is not None:
+            self._metrics.semantic_similarity.observe(choice.similarity)
+        if choice.entry is None and choice.veto is not None:
+            self._metrics.semantic_vetoes.labels(choice.veto.guard).inc()
         return SemanticLookup(
-            entry=accepted,
-            similarity=best[1] if best is not None else None,
+            entry=choice.entry,
+            similarity=choice.accepted_similarity if choice.entry is not None else choice.similarity,
             vector=vector,
             embed_s=embedded - started,
             search_s=searched - embedded,
+            veto=choice.veto,
         )
