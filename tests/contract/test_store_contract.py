@@ -17,6 +17,7 @@ import pytest_asyncio
 
 from cascache._types import CacheEntry, Fingerprint, Namespace, PurgeSelector, Scope, Usage, Vector
 from cascache.stores import MemoryStore, SqliteHnswStore, Store, open_store
+from tests.redis_support import fresh_redis_store
 
 DIM = 16
 NS_A, NS_B, NS_C = Namespace("ns-a"), Namespace("ns-b"), Namespace("ns-c")
@@ -30,6 +31,7 @@ BACKENDS: dict[str, Callable[..., Store]] = {
     "sqlite-hnsw": lambda tmp_path, **options: SqliteHnswStore(
         tmp_path / "store", DIM, exact_search_below=1, **options
     ),
+    "redis": lambda tmp_path, **options: fresh_redis_store(DIM, **options),
 }
 
 StoreMaker = Callable[..., Store]
@@ -82,7 +84,10 @@ def entry(
         model="test-model",
         query=f"question {n}" if with_vector else None,
         vector=(vector if vector is not None else unit(n)) if with_vector else None,
-        response={"id": f"chatcmpl-{n}", "choices": [{"message": {"role": "assistant", "content": f"answer {n}"}}]},
+        response={
+            "id": f"chatcmpl-{n}",
+            "choices": [{"message": {"role": "assistant", "content": f"answer {n}"}}],
+        },
         usage=Usage(input_tokens=10 + n, output_tokens=5),
         created_at=1_000.0 + n if created_at is None else created_at,
         expires_at=expires_at,
@@ -90,7 +95,9 @@ def entry(
     )
 
 
-async def ids_near(store: Store, namespace: Namespace, scope: Scope, vector: Vector, k: int = 10) -> list[str]:
+async def ids_near(
+    store: Store, namespace: Namespace, scope: Scope, vector: Vector, k: int = 10
+) -> list[str]:
     return [found.id for found, _ in await store.nearest(namespace, scope, vector, k, now=5_000.0)]
 
 
@@ -109,7 +116,11 @@ async def test_put_get_roundtrip_keeps_every_field(store: Store) -> None:
         model="claude-x",
         query="How do I reset my PIN?",
         vector=unit(7),
-        response={"id": "msg_1", "content": [{"type": "text", "text": "Go to settings. ✓"}], "n": [1, 2.5, None]},
+        response={
+            "id": "msg_1",
+            "content": [{"type": "text", "text": "Go to settings. ✓"}],
+            "n": [1, 2.5, None],
+        },
         usage=Usage(input_tokens=120, output_tokens=40, cache_read_tokens=100, cache_write_tokens=None),
         created_at=1_234.5,
         expires_at=9_999.0,
@@ -209,7 +220,8 @@ def with_cosine(base: Vector, other: Vector, cosine: float) -> Vector:
     """A unit vector whose cosine with unit `base` is exactly `cosine` (other is any non-parallel vector)."""
     orthogonal = other - float(other @ base) * base
     orthogonal /= np.linalg.norm(orthogonal)
-    return (cosine * base + np.sqrt(1 - cosine**2) * orthogonal).astype(np.float32)
+    out: Vector = (cosine * base + np.sqrt(1 - cosine**2) * orthogonal).astype(np.float32)
+    return out
 
 
 async def test_nearest_ranks_by_cosine_and_reports_similarity(store: Store) -> None:

@@ -108,11 +108,8 @@ class MemoryStore:
         return len(doomed)
 
     async def list_entries(self, offset: int = 0, limit: int = 50) -> list[CacheEntry]:
-        # Insertion order breaks ties between equal timestamps, newest first,
-        # as SQLite's `ORDER BY created_at DESC, rowid DESC` does.
-        newest_first = sorted(
-            reversed(self._entries_by_insertion()), key=lambda entry: entry.created_at, reverse=True
-        )
+        """Newest first: the most recently put entry first (hits do not reorder)."""
+        newest_first = self._entries_by_insertion()[::-1]
         return [_copy(entry) for entry in newest_first[offset : offset + limit]]
 
     async def stats(self) -> StoreStats:

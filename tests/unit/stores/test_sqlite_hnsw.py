@@ -9,9 +9,9 @@ import asyncio
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from cascache._errors import ConfigError, StoreUnavailable
-from cascache._types import CacheEntry, Fingerprint, Namespace, Scope, Usage, Vector
+from cascache._types import CacheEntry, Fingerprint, Namespace, PurgeSelector, Scope, Usage, Vector
 from cascache.stores import sqlite_hnsw
 from cascache.stores.sqlite_hnsw import SqliteHnswStore
 
@@ -34,13 +34,15 @@ def clustered(n: int, *, clusters: int = 40, spread: float = 0.6, seed: int = 0)
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, DIM))
     points = centres[rng.integers(clusters, size=n)] + spread * rng.standard_normal((n, DIM))
-    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+    unit: Vector = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+    return unit
 
 
 def perturbed(vectors: Vector, noise: float = 0.05, seed: int = 1) -> Vector:
     rng = np.random.default_rng(seed)
-    out = vectors + noise * rng.standard_normal(vectors.shape) / np.sqrt(DIM)
-    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+    noisy = vectors + noise * rng.standard_normal(vectors.shape) / np.sqrt(DIM)
+    out: Vector = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+    return out
 
 
 def entry(n: int, vector: Vector, namespace: Namespace = NS) -> CacheEntry:
@@ -118,7 +120,7 @@ async def test_a_database_of_another_dimension_is_refused(tmp_path: Path) -> Non
     await open_store(tmp_path).close()
     with pytest.raises(ConfigError, match="32-dim"):
         SqliteHnswStore(tmp_path, DIM + 1)
-    open_store(tmp_path)._lock_file.close()  # the refused open released its lock
+    await open_store(tmp_path).close()  # the refused open released its lock
 
 
 async def test_reopen_keeps_entries_and_loads_the_saved_index(tmp_path: Path) -> None:
@@ -135,7 +137,12 @@ async def test_reopen_keeps_entries_and_loads_the_saved_index(tmp_path: Path) ->
 
     assert after == before
     assert [row[0] for row in after] == brute_force_top1(stored, queries)
-    assert await counters(store) == {"index_loads": 1, "index_reconciles": 0, "index_rebuilds": 0, "hnsw_indexes": 1}
+    assert await counters(store) == {
+        "index_loads": 1,
+        "index_reconciles": 0,
+        "index_rebuilds": 0,
+        "hnsw_indexes": 1,
+    }
     assert (await store.stats()).entries == 300
     assert await store.get(Fingerprint("fp-299"), SCOPE, NOW) is not None
     await store.close()
@@ -176,7 +183,14 @@ def garble_labels(path: Path) -> None:
 
 @pytest.mark.parametrize(
     "damage",
-    [delete_index, overwrite_middle_of_graph, replace_graph_with_garbage, truncate_graph, garble_manifest, garble_labels],
+    [
+        delete_index,
+        overwrite_middle_of_graph,
+        replace_graph_with_garbage,
+        truncate_graph,
+        garble_manifest,
+        garble_labels,
+    ],
 )
 async def test_missing_or_damaged_index_is_rebuilt_from_sqlite(
     tmp_path: Path, damage: Callable[[Path], None]
@@ -193,7 +207,12 @@ async def test_missing_or_damaged_index_is_rebuilt_from_sqlite(
     after = await top_ids(store, queries)
 
     assert after == before == [[top] for top in brute_force_top1(stored, queries)]
-    assert await counters(store) == {"index_loads": 1, "index_reconciles": 0, "index_rebuilds": 1, "hnsw_indexes": 1}
+    assert await counters(store) == {
+        "index_loads": 1,
+        "index_reconciles": 0,
+        "index_rebuilds": 1,
+        "hnsw_indexes": 1,
+    }
     await store.close()
     # The rebuilt index was saved: the next open loads it as is.
     store = open_store(tmp_path)
@@ -216,9 +235,14 @@ async def test_index_behind_sqlite_is_reconciled_not_rebuilt(tmp_path: Path) -> 
     await fill(store, perturbed(stored[3:6], noise=0.01), start=1_000)  # and new ones after reopening
     found = await top_ids(store, stored[3:6], k=3)
 
-    assert all(hit.startswith("id-1") for row in found for hit in row[:1])
+    assert [row[0] for row in found] == ["id-1000", "id-1001", "id-1002"]
     assert not {"id-3", "id-4", "id-5"} & {hit for row in found for hit in row}
-    assert await counters(store) == {"index_loads": 1, "index_reconciles": 1, "index_rebuilds": 0, "hnsw_indexes": 1}
+    assert await counters(store) == {
+        "index_loads": 1,
+        "index_reconciles": 1,
+        "index_rebuilds": 0,
+        "hnsw_indexes": 1,
+    }
     await store.close()
 
 
@@ -233,7 +257,12 @@ async def test_index_far_behind_sqlite_is_rebuilt(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     found = await top_ids(store, stored)
 
-    assert await counters(store) == {"index_loads": 1, "index_reconciles": 0, "index_rebuilds": 1, "hnsw_indexes": 1}
+    assert await counters(store) == {
+        "index_loads": 1,
+        "index_reconciles": 0,
+        "index_rebuilds": 1,
+        "hnsw_indexes": 1,
+    }
     assert all(int(row[0].removeprefix("id-")) % 2 == 0 for row in found)  # labels are n + 1
     await store.close()
 
@@ -272,18 +301,20 @@ async def test_hnsw_recall_at_1_against_brute_force(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_periodic_save_while_writing_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_periodic_save_while_writing_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sqlite_hnsw, "SAVE_INTERVAL_S", 0.0)
     monkeypatch.setattr(sqlite_hnsw, "SAVE_MIN_CHANGES", 20)
     stored = clustered(400)
     store = open_store(tmp_path)
     await fill(store, stored[:100])
-    await eventually(lambda: _hnsw_count(store))
+    await store.nearest(NS, SCOPE, stored[0], 1, NOW)  # loads the namespace: a graph, saved once
     for n in range(100, 400):  # saves start in the background while these land
         await store.put(entry(n, stored[n]))
         if n % 7 == 0:
             await asyncio.sleep(0)
-    await eventually(lambda: _saved_at_least(store, 2))
+    await eventually(lambda: _saved_at_least(store, 3))
     assert [row[0] for row in await top_ids(store, stored)] == [f"id-{n}" for n in range(400)]
     await store.close()
 
@@ -293,8 +324,46 @@ async def test_periodic_save_while_writing_loses_nothing(tmp_path: Path, monkeyp
     await store.close()
 
 
+async def test_writes_during_a_save_are_searchable_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a save thread reads the graph, new vectors wait in a journal; nearest must still see them."""
+    release = threading.Event()
+    saving = threading.Event()
+    original_save = sqlite_hnsw._IndexFiles.save
+
+    def slow_save(files: sqlite_hnsw._IndexFiles, index: sqlite_hnsw.HnswIndex) -> None:
+        saving.set()
+        assert release.wait(timeout=30)
+        original_save(files, index)
+
+    stored = clustered(200)
+    store = open_store(tmp_path)
+    await fill(store, stored[:100])
+    await store.nearest(NS, SCOPE, stored[0], 1, NOW)  # rebuilt and saved, before the gate is in place
+    monkeypatch.setattr(sqlite_hnsw, "SAVE_INTERVAL_S", 0.0)
+    monkeypatch.setattr(sqlite_hnsw, "SAVE_MIN_CHANGES", 1)
+    monkeypatch.setattr(sqlite_hnsw, "SAVE_MIN_SHARE", 0.0)
+    monkeypatch.setattr(sqlite_hnsw._IndexFiles, "save", slow_save)
+
+    await store.put(entry(100, stored[100]))  # triggers a save, which now blocks mid-way
+    assert await asyncio.to_thread(saving.wait, 30)
+    await fill(store, stored[101:], start=101)
+    await store.purge(PurgeSelector(id="id-150"))
+
+    during = [row[0] if row else None for row in await top_ids(store, stored[100:])]
+    release.set()
+    await eventually(lambda: _saved_at_least(store, 2))
+    after = [row[0] if row else None for row in await top_ids(store, stored[100:])]
+
+    expected = [f"id-{n}" for n in range(100, 200)]
+    assert during[50] != "id-150" and after[50] != "id-150"
+    assert during[:50] + during[51:] == after[:50] + after[51:] == expected[:50] + expected[51:]
+    await store.close()
+
+
 async def _saved_at_least(store: SqliteHnswStore, saves: int) -> bool:
-    return (await store.stats()).extra["index_saves"] >= saves
+    return bool((await store.stats()).extra["index_saves"] >= saves)
 
 
 WRITER = textwrap.dedent(
@@ -334,14 +403,16 @@ async def test_kill_9_while_writing_leaves_a_sound_store(tmp_path: Path) -> None
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     data = tmp_path / "data"
-    writer = subprocess.Popen([sys.executable, str(script), str(data)], stdout=subprocess.PIPE, text=True)
+    writer = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), str(data), stdout=asyncio.subprocess.PIPE
+    )
     try:
         assert writer.stdout is not None
-        assert writer.stdout.readline().strip() == "ready"
+        assert (await asyncio.wait_for(writer.stdout.readline(), timeout=60)).strip() == b"ready"
         await asyncio.sleep(0.3)  # let it get into the middle of some write
     finally:
         writer.send_signal(signal.SIGKILL)
-        writer.wait(timeout=30)
+        await asyncio.wait_for(writer.wait(), timeout=30)
     assert writer.returncode == -signal.SIGKILL
 
     with sqlite3.connect(data / "cache.db") as conn:
@@ -355,7 +426,7 @@ async def test_kill_9_while_writing_leaves_a_sound_store(tmp_path: Path) -> None
         for entry_id, fingerprint, blob in last:
             vector = np.frombuffer(blob, dtype=np.float32)
             assert await store.get(Fingerprint(fingerprint), SCOPE, NOW) is not None
-            (hit, similarity), = await store.nearest(NS, SCOPE, vector, 1, NOW)
+            ((hit, similarity),) = await store.nearest(NS, SCOPE, vector, 1, NOW)
             assert hit.id == entry_id and similarity == pytest.approx(1.0, abs=1e-4)
         state = await counters(store)
         # The index saved before the kill missed the last writes: it was patched or rebuilt.
