@@ -47,7 +47,8 @@ def _render(status: str, body: bytes, extra_headers: bytes = b"") -> bytes:
 
 
 _NOT_FOUND = _render("404 Not Found", b'{"error":{"message":"not found","type":"invalid_request_error"}}')
-_BAD_REQUEST = _render("400 Bad Request", b'{"error":{"message":"bad request","type":"invalid_request_error"}}')
+_BAD_REQUEST = _render("400 Bad Request",
+                       b'{"error":{"message":"bad request","type":"invalid_request_error"}}')
 # Roughly the size of a real cached reply, so the baseline moves as many bytes as a hit does.
 _TRIVIAL = _render(
     "200 OK",
@@ -151,9 +152,14 @@ class _Http(asyncio.Protocol):
 
 async def serve(host: str, port: int, delay_s: float, trivial: bool, max_seconds: float) -> None:
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
+    stop: asyncio.Future[None] = loop.create_future()
+
+    def request_stop() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(sig, request_stop)
     server = await loop.create_server(lambda: _Http(delay_s, trivial), host, port, backlog=1024)
     bound = server.sockets[0].getsockname()[1]
     print(f"listening {bound}", flush=True)
@@ -168,7 +174,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
     parser.add_argument("--delay-ms", type=float, default=20.0, help="latency of every chat completion")
-    parser.add_argument("--trivial", action="store_true", help="answer everything at once (load generator baseline)")
+    parser.add_argument("--trivial", action="store_true",
+                        help="answer everything at once (load generator baseline)")
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="exit after this long regardless")
     args = parser.parse_args()
     if not args.host.startswith("127.") and args.host not in {"localhost", "::1"}:

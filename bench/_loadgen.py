@@ -119,7 +119,8 @@ class Connection:
         status = head[9:12]
         served = _header(lower, b"x-cascache")
         if status != b"200" or (self._expect is not None and served != self._expect):
-            raise CheckFailed(f"status {status.decode(errors='replace')}, x-cascache {served!r}: {body[:160]!r}")
+            shown = status.decode(errors="replace")
+            raise CheckFailed(f"status {shown}, x-cascache {served!r}: {body[:160]!r}")
         return elapsed
 
 
@@ -129,7 +130,7 @@ async def _send_counted(conn: Connection, request: bytes, tally: Tally) -> None:
         tally.ok += 1
     except CheckFailed as exc:
         tally.fail(str(exc))
-    except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError) as exc:
+    except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
         # The connection is in an unknown state: drop it; the next send reconnects.
         tally.fail(f"{type(exc).__name__}: {exc}")
         await conn.close()
@@ -186,6 +187,7 @@ async def pairs(job: dict[str, Any]) -> dict[str, Any]:
     deadline = time.perf_counter() + job["max_seconds"]
     conn_a, conn_b = Connection(a), Connection(b)
     await asyncio.gather(conn_a.open(), conn_b.open())
+    cpu_started = time.process_time()
     tally_a, tally_b = Tally(), Tally()
     scratch_a, scratch_b = Tally(), Tally()  # warm-up pairs: checked, not timed
     for i, body in enumerate(job["bodies"]):
@@ -197,8 +199,10 @@ async def pairs(job: dict[str, Any]) -> dict[str, Any]:
             first.reverse()
         for conn, request, tally in first:
             await _send_counted(conn, request, tally)
+    cpu = time.process_time() - cpu_started
     await asyncio.gather(conn_a.close(), conn_b.close())
     return {
+        "cpu_s": cpu,
         "a": {"ok": tally_a.ok, "errors": tally_a.errors + scratch_a.errors,
               "error_samples": scratch_a.samples + tally_a.samples, "latencies_ms": tally_a.latencies_ms},
         "b": {"ok": tally_b.ok, "errors": tally_b.errors + scratch_b.errors,

@@ -35,6 +35,10 @@ semantic hit between them (which would spoil a warm-up or a miss measurement)
 would need a cosine similarity far above what unrelated texts reach, and any
 response with the wrong `x-cascache` is counted as an error, not timed.
 
+Everything shares two cores with whatever else runs on the machine, so the
+report shows how much CPU unrelated processes used during each run ("other
+CPU", from /proc/stat) and warns when it was enough to distort the figures.
+
 Caveat on precision: the fake upstream's delay is a timer that fires 0-1 ms
 late (epoll rounds its timeout up to whole ms). That jitter hits (a) and (b)
 alike, so it cancels in the difference of medians but widens p99s.
@@ -49,6 +53,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import dataclasses
 import http.client
 import io
 import json
@@ -69,10 +75,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from _loadgen import percentile
 from rich.console import Console
 from rich.table import Table
-
-from _loadgen import percentile
 
 BENCH = Path(__file__).resolve().parent
 PYTHON = sys.executable
@@ -80,13 +85,17 @@ CHAT_PATH = "/v1/chat/completions"
 HOST = "127.0.0.1"
 HIT_TARGET_RPS = 3000.0
 MISS_OVERHEAD_TARGET_P50_MS = 1.0
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+#: Share of a core used by unrelated processes above which the hit figures are flagged as disturbed.
+BUSY_MACHINE_SHARE = 0.25
 
 # Wide enough for the tables when the output is piped (rich assumes 80 columns then).
 console = Console(width=max(120, Console().width))
 
-# Common, neutral words: no time-sensitive ones ("today", "latest", "weather"...),
-# which the policy bypasses, so every request here is cacheable.
-_WORDS = """
+# Common, neutral words (deduplicated, order kept so a seed always gives the same texts):
+# no time-sensitive ones ("today", "latest", "weather"...), which the policy bypasses,
+# so every request here is cacheable.
+_WORDS = list(dict.fromkeys("""
 apple river mountain garden window table pencil bottle candle castle forest island
 ladder mirror needle ocean pillow rabbit saddle tunnel violin wagon yellow zebra anchor
 basket button carpet dragon engine feather glove hammer jacket kettle lantern magnet
@@ -111,7 +120,7 @@ volcano canyon lagoon prairie tundra savanna marsh delta plateau reef geyser
 bicycle scooter tram ferry glider balloon submarine helicopter caravan sledge
 sonata symphony ballad anthem chorus melody rhythm harmony tempo lyric verse
 diamond emerald ruby topaz garnet opal amber jade onyx pearl coral crystal
-""".split()
+""".split()))  # noqa: SIM905 (a block of words reads better than quoted strings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +189,16 @@ REQUEST_HEADERS = {"authorization": "Bearer bench-tenant-key"}
 # --- processes ---------------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when this script dies, even by SIGKILL.
+
+    `finally` blocks stop the children on any normal exit or SIGTERM; this covers the rest,
+    so no gateway is ever left listening after the benchmark is gone.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Service:
     """A child process we started; `stop` ends exactly it (SIGTERM, then SIGKILL)."""
 
@@ -192,6 +211,7 @@ class Service:
             list(argv), env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if capture_stdout else self._log_file or subprocess.DEVNULL,
             stderr=self._log_file or subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (this script starts no threads)
         )
 
     @property
@@ -225,8 +245,9 @@ def free_port() -> int:
         return port
 
 
-def start_fixed_upstream(stack: contextlib.ExitStack, *, trivial: bool, delay_ms: float, max_s: float) -> int:
-    """Start bench/_fixed_upstream.py and return the port it printed."""
+def start_fixed_upstream(stack: contextlib.ExitStack, *, trivial: bool, delay_ms: float,
+                         max_s: float) -> tuple[Service, int]:
+    """Start bench/_fixed_upstream.py; return it and the port it printed."""
     argv = [PYTHON, str(BENCH / "_fixed_upstream.py"), "--host", HOST, "--port", "0",
             "--delay-ms", str(delay_ms), "--max-seconds", str(max_s)]
     if trivial:
@@ -238,7 +259,7 @@ def start_fixed_upstream(stack: contextlib.ExitStack, *, trivial: bool, delay_ms
     line = service.proc.stdout.readline().decode() if ready else ""
     if not line.startswith("listening "):
         raise RuntimeError(f"{service.name} did not start (got {line!r})")
-    return int(line.split()[1])
+    return service, int(line.split()[1])
 
 
 def gateway_env(semantic: bool) -> dict[str, str]:
@@ -249,16 +270,41 @@ def gateway_env(semantic: bool) -> dict[str, str]:
     return env
 
 
+# The gateway under cProfile, profiling only between SIGUSR1 (start) and SIGUSR2 (stop and
+# write the file), so start-up, model loading and warm-up stay out of the figures.
+# (`python -m cProfile` would also be wrong at exit: after its graceful shutdown uvicorn
+# re-raises SIGTERM with the default handler, killing the process before the file is written.)
+_PROFILED_SERVE = """
+import cProfile, os, signal, sys
+from cascache.cli import main
+out = sys.argv[1]
+sys.argv = ["cascache", *sys.argv[2:]]
+profiler = cProfile.Profile()
+def start(signum, frame):
+    profiler.enable()
+def stop(signum, frame):
+    profiler.disable()
+    profiler.dump_stats(out + ".part")
+    os.replace(out + ".part", out)
+signal.signal(signal.SIGUSR1, start)
+signal.signal(signal.SIGUSR2, stop)
+main()
+"""
+
+
 def start_gateway(stack: contextlib.ExitStack, workdir: Path, name: str, upstream_port: int, *,
                   semantic: bool, profile_to: Path | None = None) -> tuple[Service, int]:
     """Start `cascache serve` on a fresh data dir; return it and its port once /healthz answers."""
     port = free_port()
     data_dir = workdir / f"data-{name}"
-    runner = [PYTHON, "-m", "cProfile", "-o", str(profile_to)] if profile_to is not None else [PYTHON]
-    argv = [*runner, "-m", "cascache.cli", "serve", "--host", HOST, "--port", str(port),
-            "--data-dir", str(data_dir), "--upstream-url", f"http://{HOST}:{upstream_port}/v1",
-            "--log-level", "warning"]
-    service = Service(f"gateway ({name})", argv, env=gateway_env(semantic), log=workdir / f"gateway-{name}.log")
+    serve = ["serve", "--host", HOST, "--port", str(port), "--data-dir", str(data_dir),
+             "--upstream-url", f"http://{HOST}:{upstream_port}/v1", "--log-level", "warning"]
+    if profile_to is None:
+        argv = [PYTHON, "-m", "cascache.cli", *serve]
+    else:
+        argv = [PYTHON, "-c", _PROFILED_SERVE, str(profile_to), *serve]
+    service = Service(f"gateway ({name})", argv, env=gateway_env(semantic),
+                      log=workdir / f"gateway-{name}.log")
     stack.callback(service.stop)
     deadline = time.monotonic() + 120.0  # loading the ONNX model is the slow part
     while time.monotonic() < deadline:
@@ -289,12 +335,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (everything but idle and iowait), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def run_loadgen(job: dict[str, Any], bound_s: float) -> dict[str, Any]:
     """Run one load generator job in its own process and return its JSON result."""
     done = subprocess.run([PYTHON, str(BENCH / "_loadgen.py")], input=json.dumps(job).encode(),
                           capture_output=True, timeout=bound_s + 120.0, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"load generator failed ({done.returncode}):\n{done.stderr.decode(errors='replace')}")
+        stderr = done.stderr.decode(errors="replace")
+        raise RuntimeError(f"load generator failed ({done.returncode}):\n{stderr}")
     result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
     return result
 
@@ -324,10 +378,21 @@ def require_clean(what: str, result: Mapping[str, Any], service: Service | None 
 class HitRun:
     result: dict[str, Any]
     gateway_cpu_s: float
+    others_cpu_s: float
+    """CPU used by every other process on the machine during the run (the load generator's excluded)."""
 
     @property
     def gateway_core_share(self) -> float:
-        return self.gateway_cpu_s / self.result["elapsed_s"]
+        return self.gateway_cpu_s / float(self.result["elapsed_s"])
+
+    @property
+    def others_core_share(self) -> float:
+        return self.others_cpu_s / float(self.result["elapsed_s"])
+
+    @property
+    def cpu_us_per_hit(self) -> float:
+        """Gateway CPU per hit: unlike req/s, barely moved by other load, so the figure to optimise."""
+        return self.gateway_cpu_s / max(1, int(self.result["ok"])) * 1e6
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,13 +402,19 @@ class MissRun:
     gateway_ms: list[float]
     stages: dict[str, float]
     """Mean seconds per observation of the gateway's own stage histograms (embed, search, upstream)."""
+    others_core_share: float
+    """Share of a core used by unrelated processes meanwhile (their wake-ups delay ours)."""
+
+    @property
+    def pairs(self) -> int:
+        return min(len(self.direct_ms), len(self.gateway_ms))
 
     def added(self, q: float) -> float:
         return percentile(self.gateway_ms, q) - percentile(self.direct_ms, q)
 
 
 def measure_baseline(stack: contextlib.ExitStack, plan: Plan) -> dict[str, Any]:
-    port = start_fixed_upstream(stack, trivial=True, delay_ms=0.0, max_s=plan.baseline_seconds + 120.0)
+    _, port = start_fixed_upstream(stack, trivial=True, delay_ms=0.0, max_s=plan.baseline_seconds + 120.0)
     result = hammer(port, [chat_body("baseline request")], "hit-exact", plan.concurrency,
                     plan.baseline_requests, plan.baseline_seconds)
     require_clean("baseline", result)
@@ -355,12 +426,15 @@ def measure_hits(gateway: Service, port: int, texts: Texts, plan: Plan) -> HitRu
     # Store each distinct request once; each must be a miss, so the hit run below hits real entries.
     warm = hammer(port, bodies, "miss", min(16, plan.concurrency), len(bodies), 60.0)
     require_clean("warming the cache", warm, gateway)
-    require_clean("hit warm-up", hammer(port, bodies, "hit-exact", plan.concurrency, plan.hit_warmup, 30.0), gateway)
-    cpu_before = cpu_seconds(gateway.pid)
+    warm_hits = hammer(port, bodies, "hit-exact", plan.concurrency, plan.hit_warmup, 30.0)
+    require_clean("hit warm-up", warm_hits, gateway)
+    cpu_before, busy_before = cpu_seconds(gateway.pid), machine_busy_seconds()
     result = hammer(port, bodies, "hit-exact", plan.concurrency, plan.hit_requests, plan.hit_seconds)
-    cpu = cpu_seconds(gateway.pid) - cpu_before
+    cpu, busy = cpu_seconds(gateway.pid) - cpu_before, machine_busy_seconds() - busy_before
     require_clean("exact-hit run", result, gateway)
-    return HitRun(result, cpu)
+    # Whatever else ran meanwhile (other jobs on this machine) took cores from the gateway.
+    others = max(0.0, busy - cpu - result["cpu_s"])
+    return HitRun(result, cpu, others)
 
 
 _STAGE = re.compile(r'^cascache_stage_seconds_(sum|count)\{stage="([a-z]+)"\} ([0-9.e+-]+)$', re.MULTILINE)
@@ -377,51 +451,65 @@ def stage_totals(port: int) -> dict[str, tuple[float, float]]:
     return {stage: (t.get("sum", 0.0), t.get("count", 0.0)) for stage, t in totals.items()}
 
 
-def stage_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+def stage_means(before: dict[str, tuple[float, float]],
+                after: dict[str, tuple[float, float]]) -> dict[str, float]:
     """Mean seconds per stage over the requests between two snapshots (earlier phases left out)."""
     means: dict[str, float] = {}
     for stage, (total, count) in after.items():
         total0, count0 = before.get(stage, (0.0, 0.0))
-        if count > count0:
+        # A disabled tier still observes 0 s per request; leaving those out keeps the line honest.
+        if count > count0 and total > total0:
             means[stage] = (total - total0) / (count - count0)
     return means
 
 
-def measure_misses(label: str, gateway: Service, port: int, upstream_port: int, texts: Texts,
-                   plan: Plan) -> MissRun:
+def measure_misses(label: str, gateway: Service, port: int, upstream: Service, upstream_port: int,
+                   texts: Texts, plan: Plan) -> MissRun:
     total = plan.miss_warmup_pairs + plan.miss_pairs
     job = {"mode": "pairs", "a": target(upstream_port, None), "b": target(port, "miss"),
            "bodies": [chat_body(t) for t in texts.take(total)], "headers": REQUEST_HEADERS,
            "warmup": plan.miss_warmup_pairs, "max_seconds": plan.miss_seconds}
     before = stage_totals(port)
+    ours_before = cpu_seconds(gateway.pid) + cpu_seconds(upstream.pid)
+    busy_before, started = machine_busy_seconds(), time.perf_counter()
     result = run_loadgen(job, plan.miss_seconds)
+    elapsed = time.perf_counter() - started
+    ours = cpu_seconds(gateway.pid) + cpu_seconds(upstream.pid) - ours_before + result["cpu_s"]
+    others = max(0.0, machine_busy_seconds() - busy_before - ours)
     after = stage_totals(port)
     require_clean(f"misses ({label}), direct", result["a"])
     require_clean(f"misses ({label}), through the gateway", result["b"], gateway)
     return MissRun(label, result["a"]["latencies_ms"], result["b"]["latencies_ms"],
-                   stage_means(before, after))
+                   stage_means(before, after), others / elapsed)
 
 
 def profile_hits(stack: contextlib.ExitStack, workdir: Path, upstream_port: int, texts: Texts,
                  plan: Plan) -> str:
     """Serve exact hits from a gateway running under cProfile; the top functions by own time.
 
-    cProfile slows every Python call, so the req/s of this run mean nothing;
-    the shares of own time show where a hit goes.
+    cProfile slows every Python call (C code, SQLite and syscalls much less), so
+    the req/s of this run mean nothing and Python-heavy code looks costlier than
+    it is; the shares of own time still show where a hit goes.
     """
     out = workdir / "gateway.prof"
     gateway, port = start_gateway(stack, workdir, "profiled", upstream_port, semantic=True, profile_to=out)
     bodies = [chat_body(t) for t in texts.take(plan.warm_requests)]
     require_clean("warming the profiled cache", hammer(port, bodies, "miss", 16, len(bodies), 60.0), gateway)
+    warm_hits = hammer(port, bodies, "hit-exact", plan.concurrency, plan.hit_warmup, 30.0)
+    require_clean("profiled hit warm-up", warm_hits, gateway)
+    gateway.proc.send_signal(signal.SIGUSR1)
     result = hammer(port, bodies, "hit-exact", plan.concurrency, plan.hit_requests // 2, plan.hit_seconds)
+    gateway.proc.send_signal(signal.SIGUSR2)
     require_clean("profiled hit run", result, gateway)
-    gateway.stop()  # SIGTERM: uvicorn shuts down cleanly and cProfile writes its file
+    deadline = time.monotonic() + 15.0
+    while not out.exists() and time.monotonic() < deadline and gateway.proc.poll() is None:
+        time.sleep(0.1)
     if not out.exists():
         return f"(no profile written; gateway log:\n{gateway.log_tail()})"
     text = io.StringIO()
-    stats = pstats.Stats(str(out), stream=text)
     text.write(f"{result['ok']} hits profiled (~{result['rps']:.0f} req/s under cProfile)\n")
-    stats.sort_stats("tottime").print_stats(30)
+    stats = pstats.Stats(str(out), stream=text)
+    stats.strip_dirs().sort_stats("tottime").print_stats(30)
     return text.getvalue()
 
 
@@ -436,7 +524,8 @@ def report(plan: Plan, baseline: dict[str, Any], hits: HitRun, misses: list[Miss
     table = Table(title="Load generator alone (trivial server, same machine)")
     for column in ("requests", "req/s", "p50 ms", "p99 ms", "client CPU"):
         table.add_column(column, justify="right")
-    table.add_row(str(baseline["ok"]), f"{baseline['rps']:,.0f}", _ms(baseline["p50_ms"]), _ms(baseline["p99_ms"]),
+    table.add_row(str(baseline["ok"]), f"{baseline['rps']:,.0f}", _ms(baseline["p50_ms"]),
+                  _ms(baseline["p99_ms"]),
                   f"{baseline['cpu_s'] / baseline['elapsed_s']:.0%}")
     console.print(table)
 
@@ -444,26 +533,43 @@ def report(plan: Plan, baseline: dict[str, Any], hits: HitRun, misses: list[Miss
     table = Table(title=f"Exact hits through `cascache serve` (concurrency {plan.concurrency}, "
                         f"{plan.warm_requests} distinct requests)")
     for column in ("hits", "errors", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "gateway CPU",
-                   "client CPU", f">= {HIT_TARGET_RPS:,.0f}/s"):
+                   "µs CPU/hit", "client CPU", "other CPU", f">= {HIT_TARGET_RPS:,.0f}/s"):
         table.add_column(column, justify="right")
     table.add_row(str(r["ok"]), str(r["errors"]), f"{r['rps']:,.0f}", _ms(r["p50_ms"]), _ms(r["p90_ms"]),
-                  _ms(r["p99_ms"]), _ms(r["max_ms"]), f"{hits.gateway_core_share:.0%} of a core",
-                  f"{r['cpu_s'] / r['elapsed_s']:.0%}", "yes" if r["rps"] >= HIT_TARGET_RPS else "NO")
+                  _ms(r["p99_ms"]), _ms(r["max_ms"]), f"{hits.gateway_core_share:.0%}",
+                  f"{hits.cpu_us_per_hit:.0f}", f"{r['cpu_s'] / r['elapsed_s']:.0%}",
+                  f"{hits.others_core_share:.0%}", "yes" if r["rps"] >= HIT_TARGET_RPS else "NO")
     console.print(table)
+    console.print("  CPU columns are shares of one core. The gateway is one process with one event loop, so "
+                  "~100% gateway CPU means it is CPU-bound; 'other' is every other process on the machine, "
+                  "which competes for the two cores. With a whole core, the gateway would serve about "
+                  f"{1e6 / hits.cpu_us_per_hit:,.0f} hits/s (1 s / CPU per hit).")
+    if hits.others_core_share > BUSY_MACHINE_SHARE:
+        console.print(f"  [bold red]warning[/]: other processes used {hits.others_core_share:.0%} of a core "
+                      "during the hit run; the gateway was short of CPU, so req/s are low and tails wide. "
+                      "Re-run on a quiet machine for figures to compare.")
 
-    table = Table(title=f"Added latency on a miss (sequential, upstream fixed at {plan.delay_ms:g} ms, "
-                        f"{plan.miss_pairs} pairs each)")
-    for column in ("semantic tier", "pct", "direct ms", "via gateway ms", "added ms"):
+    table = Table(title="Added latency on a miss (sequential, unique requests, "
+                        f"upstream fixed at {plan.delay_ms:g} ms)")
+    for column in ("semantic tier", "pairs", "other CPU", "pct", "direct ms", "via gateway ms", "added ms"):
         table.add_column(column, justify="right")
     for run in misses:
         for q in (50, 90, 99):
-            table.add_row(run.label if q == 50 else "", f"p{q}", _ms(percentile(run.direct_ms, q)),
-                          _ms(percentile(run.gateway_ms, q)), _ms(run.added(q)))
+            first = q == 50
+            table.add_row(run.label if first else "", str(run.pairs) if first else "",
+                          f"{run.others_core_share:.0%}" if first else "", f"p{q}",
+                          _ms(percentile(run.direct_ms, q)), _ms(percentile(run.gateway_ms, q)),
+                          _ms(run.added(q)))
     console.print(table)
     for run in misses:
-        stages = ", ".join(f"{stage} {seconds * 1000:.3f} ms" for stage, seconds in sorted(run.stages.items()))
+        stages = ", ".join(f"{stage} {seconds * 1000:.3f} ms"
+                           for stage, seconds in sorted(run.stages.items()))
         console.print(f"  gateway's own stage means, semantic {run.label}: {stages or 'n/a'}")
 
+    disturbed = [run.label for run in misses if run.others_core_share > BUSY_MACHINE_SHARE]
+    if disturbed:
+        console.print(f"  [bold red]warning[/]: other processes were busy during the miss runs "
+                      f"(semantic {', '.join(disturbed)}); added latencies are inflated.")
     with_embedding = next(run for run in misses if run.label == "on")
     without = next(run for run in misses if run.label == "off")
     console.print(f"  target: added p50 excluding embedding <= {MISS_OVERHEAD_TARGET_P50_MS:g} ms: "
@@ -475,12 +581,15 @@ def report(plan: Plan, baseline: dict[str, Any], hits: HitRun, misses: list[Miss
         "exact_hit_requests": r["ok"],
         "exact_hit_concurrency": plan.concurrency,
         "exact_hit_gateway_cpu_share": round(hits.gateway_core_share, 3),
+        "exact_hit_gateway_cpu_us_per_hit": round(hits.cpu_us_per_hit, 1),
+        "exact_hit_other_processes_cpu_share": round(hits.others_core_share, 3),
         "miss_overhead_p50_ms": round(without.added(50), 3),
         "miss_overhead_p99_ms": round(without.added(99), 3),
         "miss_overhead_with_embedding_p50_ms": round(with_embedding.added(50), 3),
         "miss_overhead_with_embedding_p99_ms": round(with_embedding.added(99), 3),
         "miss_direct_p50_ms": round(percentile(without.direct_ms, 50), 3),
-        "miss_pairs": plan.miss_pairs,
+        "miss_pairs": min(with_embedding.pairs, without.pairs),
+        "miss_other_processes_cpu_share": round(max(run.others_core_share for run in misses), 3),
         "upstream_delay_ms": plan.delay_ms,
         "loadgen_baseline_rps": round(baseline["rps"], 1),
         "target_exact_hit_rps_met": r["rps"] >= HIT_TARGET_RPS,
@@ -505,7 +614,8 @@ def terminate_cleanly() -> Iterator[None]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Gateway throughput on exact hits and added latency on misses.")
+    parser = argparse.ArgumentParser(
+        description="Gateway throughput on exact hits and added latency on misses (loopback only).")
     parser.add_argument("--quick", action="store_true", help="a few seconds: a smoke run with small counts")
     parser.add_argument("--profile", action="store_true",
                         help="also serve hits from a cProfile'd gateway and print where the time goes")
@@ -514,27 +624,32 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
-    if args.concurrency is not None or args.delay_ms is not None:
-        plan = Plan(**{**{f: getattr(plan, f) for f in Plan.__dataclass_fields__},
-                       **({"concurrency": args.concurrency} if args.concurrency else {}),
-                       **({"delay_ms": args.delay_ms} if args.delay_ms is not None else {})})
+    if args.concurrency is not None:
+        plan = dataclasses.replace(plan, concurrency=args.concurrency)
+    if args.delay_ms is not None:
+        plan = dataclasses.replace(plan, delay_ms=args.delay_ms)
     texts = Texts(args.seed)
     started = time.perf_counter()
     with terminate_cleanly(), tempfile.TemporaryDirectory(prefix="cascache-bench-") as tmp, \
             contextlib.ExitStack() as stack:
         workdir = Path(tmp)
-        console.print(f"[bold]bench/gateway.py[/] {'quick' if args.quick else 'full'} run, {os.cpu_count()} cores")
+        # Everything here shares two cores with whatever else runs: a busy machine lowers the
+        # hit rate and widens tails, so say how busy it was.
+        load_1m = os.getloadavg()[0]
+        console.print(f"[bold]bench/gateway.py[/] {'quick' if args.quick else 'full'} run, "
+                      f"{os.cpu_count()} cores, load average {load_1m:.2f} at start")
         with contextlib.ExitStack() as baseline_stack:  # the trivial server must not share the cores later
             baseline = measure_baseline(baseline_stack, plan)
-        upstream_port = start_fixed_upstream(stack, trivial=False, delay_ms=plan.delay_ms, max_s=1800.0)
+        upstream, upstream_port = start_fixed_upstream(stack, trivial=False, delay_ms=plan.delay_ms,
+                                                       max_s=1800.0)
 
         with contextlib.ExitStack() as gw:
             gateway, port = start_gateway(gw, workdir, "semantic-on", upstream_port, semantic=True)
             hits = measure_hits(gateway, port, texts, plan)
-            miss_on = measure_misses("on", gateway, port, upstream_port, texts, plan)
+            miss_on = measure_misses("on", gateway, port, upstream, upstream_port, texts, plan)
         with contextlib.ExitStack() as gw:
             gateway, port = start_gateway(gw, workdir, "semantic-off", upstream_port, semantic=False)
-            miss_off = measure_misses("off", gateway, port, upstream_port, texts, plan)
+            miss_off = measure_misses("off", gateway, port, upstream, upstream_port, texts, plan)
 
         profile = None
         if args.profile:
@@ -542,6 +657,7 @@ def main() -> int:
                 profile = profile_hits(gw, workdir, upstream_port, texts, plan)
 
         figures = report(plan, baseline, hits, [miss_on, miss_off])
+        figures["loadavg_1m_at_start"] = round(load_1m, 2)
         if profile is not None:
             console.rule("cProfile of the gateway serving exact hits (own time, top 30)")
             console.print(profile, markup=False, highlight=False)

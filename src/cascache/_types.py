@@ -129,6 +129,9 @@ class CacheEntry:
     """Source tags (document ids) so a changed source purges exactly its answers."""
     hits: int = 0
     last_hit_at: float | None = None
+    verify_stats: Mapping[str, Any] | None = None
+    """Verified mode's record of this entry (`tiers.verify.EntryStats.to_json()`): its most recent
+    judged candidates as [similarity, correct] pairs. None: never judged."""
 
     def is_expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at

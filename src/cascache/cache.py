@@ -122,6 +122,7 @@ class Cache:
         categories = await Categories.build(settings.categories, embedder)  # embeds centroid examples once
         cache = cls(settings, store, embedder, upstreams or build_upstreams(settings, upstream_url),
                     categories=categories)
+        cache.pipeline.verification.load(Path(settings.data_dir) / "verification.json")
         cache._sweeper = asyncio.create_task(cache._sweep_forever(), name="cascache-sweeper")
         return cache
 
@@ -180,6 +181,11 @@ class Cache:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self.pipeline.coalescer.aclose()
+        await self.pipeline.verification.aclose()
+        try:
+            self.pipeline.verification.save(Path(self.settings.data_dir) / "verification.json")
+        except OSError:
+            log.exception("could not save verified mode's state")
         if self._engine_scraper is not None:
             await self._engine_scraper.close()
         closers = [upstream.close for upstream in self.upstreams.values()]

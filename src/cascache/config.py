@@ -146,6 +146,26 @@ class SemanticSettings(_Section):
         return validate_guard_names(value) if isinstance(value, list | tuple) else value
 
 
+class VerificationSettings(_Section):
+    """Online false-hit monitoring (every mode) and verified mode (docs/verified-mode.md)."""
+
+    mode: Literal["static", "verified"] = "static"
+    """static: one similarity threshold; verified: per-entry thresholds learned under a false-hit bound."""
+    delta: float = Field(default=0.02, gt=0.0, lt=0.5)
+    """Verified mode's bound on the false-hit rate (wrong hits / hits)."""
+    sample_share: float = Field(default=0.1, ge=0.0, le=1.0)
+    """Share of served semantic hits asked upstream again off-path and judged. 0: no monitoring."""
+    judge: Literal["exact", "embedding", "llm", "label"] = "embedding"
+    judge_threshold: float = Field(default=0.92, gt=0.0, le=1.0)
+    judge_model: str | None = None
+    judge_label_pattern: str | None = None
+    concurrency: int = Field(default=4, ge=1)
+    queue_size: int = Field(default=256, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+    min_similarity: float = Field(default=0.5, ge=0.0, lt=1.0)
+    monitor_window: int = Field(default=1000, ge=1)
+
+
 class CoalesceSettings(_Section):
     enabled: bool = True
     """Identical cacheable requests in flight share one upstream call."""
@@ -207,6 +227,7 @@ class Settings(_Section):
     embedder: EmbedderSettings = EmbedderSettings()
     exact: ExactSettings = ExactSettings()
     semantic: SemanticSettings = SemanticSettings()
+    verification: VerificationSettings = VerificationSettings()
     coalesce: CoalesceSettings = CoalesceSettings()
     prefix: PrefixConfig = PrefixConfig()
     accounting: AccountingConfig = AccountingConfig()

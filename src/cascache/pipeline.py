@@ -30,8 +30,10 @@ from cascache.tiers.exact import ExactTier
 from cascache.tiers.guards import GuardSet
 from cascache.tiers.prefix.tier import PREFIX_WARNING_HEADER, PrefixTier
 from cascache.tiers.semantic import SemanticTier
+from cascache.tiers.verify import Probe
 from cascache.tiers.writeback import WriteBack
 from cascache.upstreams.base import Upstream
+from cascache.verification.setup import Verification, build_verification
 
 SSE_MEDIA_TYPE = "text/event-stream"
 
@@ -68,9 +70,13 @@ class Pipeline:
         self.metrics = metrics
         self.clock = clock
         self.exact = ExactTier(store, metrics, enabled=settings.exact.enabled)
+        self.verification: Verification = build_verification(
+            settings.verification, embedder=embedder, upstreams=upstreams, store=store, registry=metrics.registry)
         self.semantic = SemanticTier(store, embedder, metrics, threshold=settings.semantic.threshold,
                                      k=settings.semantic.k, enabled=settings.semantic.enabled,
-                                     guards=GuardSet(settings.semantic.guards))
+                                     guards=GuardSet(settings.semantic.guards),
+                                     acceptance=self.verification.acceptance, book=self.verification.book,
+                                     sample_share=self.verification.sample_share)
         # Without `categories` (Cache.open builds them, embedding centroid examples): header and rules only.
         self.categories = categories or Categories(settings.categories)
         self.coalescer: Coalescer[Head | bytes] = Coalescer()
@@ -85,6 +91,7 @@ class Pipeline:
         scope = make_scope(caller_key(headers), request.user or headers.get(HEADER_USER))
         keys = request_keys(request, scope, decision.version, self.embedder.name)
         vector: Vector | None = None
+        probe: Probe | None = None
         category = self.categories.by_header_or_rule(request.semantic_text, headers)
         if category is None:
             if decision.lookup and self.categories.needs_vector and request.semantic_text is not None:
@@ -98,15 +105,22 @@ class Pipeline:
             if keys.namespace is not None and request.semantic_text is not None:
                 found = await self.semantic.lookup(
                     keys.namespace, scope, request.semantic_text, now,
-                    threshold=category.threshold(self.settings.semantic.threshold), vector=vector)
+                    threshold=category.threshold(self.settings.semantic.threshold), vector=vector,
+                    category=category.name, delta=category.rule.delta)
                 self.metrics.stage_seconds.labels("embed").observe(found.embed_s)
                 self.metrics.stage_seconds.labels("search").observe(found.search_s)
                 if found.entry is not None:
-                    return await self._replay(provider, request, found.entry, Served.HIT_SEMANTIC,
-                                              found.similarity, now)
+                    outcome = await self._replay(provider, request, found.entry, Served.HIT_SEMANTIC,
+                                                 found.similarity, now)
+                    if found.probe is not None:  # sampled: re-asked upstream in the background, never awaited
+                        self.verification.probe_hit(found.probe, self.upstreams.get(provider.name), provider,
+                                                    request, headers)
+                    return outcome
                 vector = found.vector if found.vector is not None else vector
+                probe = found.probe  # verified mode explores: the fresh answer will judge the candidate
         served = Served.MISS if decision.lookup else Served.BYPASS
-        return await self._from_upstream(provider, request, raw_body, headers, keys, decision, vector, served)
+        return await self._from_upstream(provider, request, raw_body, headers, keys, decision, vector, served,
+                                         probe)
 
     async def _replay(self, provider: Provider, request: ChatRequest, entry: CacheEntry, served: Served,
                       similarity: float | None, now: float) -> Outcome:
@@ -131,7 +145,7 @@ class Pipeline:
 
     async def _from_upstream(self, provider: Provider, request: ChatRequest, raw_body: bytes,
                              headers: Mapping[str, str], keys: RequestKeys, decision: Decision,
-                             vector: Vector | None, served: Served) -> Outcome:
+                             vector: Vector | None, served: Served, probe: Probe | None = None) -> Outcome:
         """Tier 3a then the upstream call: join an identical flight in progress, or start one."""
         upstream = self.upstreams.get(provider.name)
         if upstream is None:
@@ -142,7 +156,7 @@ class Pipeline:
         body = provider.upstream_body(shaped_request, shaped_bytes)
 
         def start() -> AsyncIterator[Head | bytes]:
-            return self._flight(provider, upstream, request, body, headers, keys, decision, vector)
+            return self._flight(provider, upstream, request, body, headers, keys, decision, vector, probe)
 
         # A request that may not be shared gets a key nobody else holds: one code path for all.
         key = (keys.fingerprint, request.stream) if self._may_coalesce(request, decision) else object()
@@ -178,7 +192,7 @@ class Pipeline:
 
     async def _flight(self, provider: Provider, upstream: Upstream, request: ChatRequest, body: bytes,
                       headers: Mapping[str, str], keys: RequestKeys, decision: Decision,
-                      vector: Vector | None) -> AsyncIterator[Head | bytes]:
+                      vector: Vector | None, probe: Probe | None = None) -> AsyncIterator[Head | bytes]:
         """One upstream call, run once per flight by the coalescer: the head, then (streaming) SSE events.
 
         The write-back happens here, once, at the end of a complete answer. When
@@ -199,6 +213,8 @@ class Pipeline:
                     money = self._account(provider, request, response)
                     if decision.store and provider.is_complete(response):
                         await self._write_back(provider, request, keys, decision, response, vector)
+                    if probe is not None and provider.is_complete(response):
+                        self.verification.probe_explored(probe, response)
             yield Head(reply.status, reply.headers, reply.body, money)
             return
         assembler = provider.assembler()
@@ -219,6 +235,8 @@ class Pipeline:
             self._account(provider, request, response)
             if decision.store and provider.is_complete(response):
                 await self._write_back(provider, request, keys, decision, response, vector)
+            if probe is not None and provider.is_complete(response):
+                self.verification.probe_explored(probe, response)
 
     def _account(self, provider: Provider, request: ChatRequest, response: dict[str, object]) -> CostBreakdown:
         """Tokens and dollars of one upstream call; Tier 2's saving is the discount on cached input."""

@@ -12,7 +12,9 @@ from tests.unit.gateway_harness import Harness
 
 @pytest.fixture
 def harness() -> Harness:
-    return Harness(load_settings(overrides={"semantic.threshold": 0.8, "server.max_body_bytes": 4096}, environ={}))
+    # No off-path verification samples: unit tests count upstream calls exactly.
+    return Harness(load_settings(overrides={"semantic.threshold": 0.8, "server.max_body_bytes": 4096,
+                                            "verification.sample_share": 0.0}, environ={}))
 
 
 @pytest.fixture

@@ -113,6 +113,7 @@ async def stats(request: Request) -> Response:
                   "evictions": store_stats.evictions, "expired_swept": store_stats.expired_swept,
                   **{k: v for k, v in store_stats.extra.items() if isinstance(v, int | float | str | bool)}},
         "requests": cache.metrics.request_counts(),
+        "verification": cache.pipeline.verification.stats(),
         # Beside our own tier counters: what the self-hosted engines say of their prefix caches.
         "engines": await _engine_stats(cache),
     })

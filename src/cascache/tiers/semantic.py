@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass
 
@@ -11,6 +12,15 @@ from cascache.embedders.base import Embedder
 from cascache.metrics import Metrics
 from cascache.stores.base import Store
 from cascache.tiers.guards import GuardSet, Veto, choose
+from cascache.tiers.verify import (
+    Action,
+    EntryStats,
+    EntryStatsBook,
+    Probe,
+    VerifiedAcceptance,
+    pool_key,
+    static_verdict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +39,8 @@ class SemanticLookup:
     search_s: float = 0.0
     veto: Veto | None = None
     """The guard that refused a candidate clearing the threshold, if any (for logs and metrics)."""
+    probe: Probe | None = None
+    """A candidate to judge against a fresh answer (verified mode's exploration, or a monitoring sample)."""
 
 
 class SemanticTier:
@@ -43,8 +55,14 @@ class SemanticTier:
 
     def __init__(
         self, store: Store, embedder: Embedder, metrics: Metrics, threshold: float, k: int = 1, enabled: bool = True,
-        guards: GuardSet | None = None,
+        guards: GuardSet | None = None, *, acceptance: VerifiedAcceptance | None = None,
+        book: EntryStatsBook | None = None, sample_share: float = 0.0, rng: random.Random | None = None,
     ) -> None:
+        self.acceptance = acceptance
+        """Verified mode's decision; None: the static threshold decides."""
+        self.book = book if book is not None else EntryStatsBook()
+        self.sample_share = sample_share
+        self._rng = rng or random.Random()
         self._store = store
         self._embedder = embedder
         self._metrics = metrics
@@ -54,6 +72,8 @@ class SemanticTier:
         self.guards = guards if guards is not None else GuardSet(())
 
     async def embed(self, text: str) -> Vector | None:
+        if not self.enabled:  # a disabled tier never pays for the embedding model
+            return None
         try:
             return (await self._embedder.embed([text]))[0]
         except Exception:
@@ -62,7 +82,8 @@ class SemanticTier:
             return None
 
     async def lookup(self, namespace: Namespace, scope: Scope, text: str, now: float, *,
-                     threshold: float | None = None, vector: Vector | None = None) -> SemanticLookup:
+                     threshold: float | None = None, vector: Vector | None = None,
+                     category: str | None = None, delta: float | None = None) -> SemanticLookup:
         """`threshold` overrides the tier's (a category's); `vector` is the query's, when already embedded."""
         if not self.enabled:
             return SemanticLookup(entry=None, similarity=None, vector=None)
@@ -79,17 +100,42 @@ class SemanticTier:
             self._metrics.tier_errors.labels("semantic", "search").inc()
             candidates = []
         searched = time.perf_counter()
-        choice = choose(candidates, namespace=namespace, scope=scope, now=now,
-                        threshold=self.threshold if threshold is None else threshold, query=text, guards=self.guards)
+        if self.acceptance is not None:  # verified: guards still veto; from the floor up, tiers.verify decides
+            accept_from = self.acceptance.params.min_similarity
+        else:
+            accept_from = self.threshold if threshold is None else threshold
+        choice = choose(candidates, namespace=namespace, scope=scope, now=now, threshold=accept_from,
+                        query=text, guards=self.guards)
         if choice.similarity is not None:
             self._metrics.semantic_similarity.observe(choice.similarity)
         if choice.entry is None and choice.veto is not None:
             self._metrics.semantic_vetoes.labels(choice.veto.guard).inc()
+        entry, probe = self._accept(namespace, category, text, choice.entry, choice.accepted_similarity, delta)
         return SemanticLookup(
-            entry=choice.entry,
+            entry=entry,
             similarity=choice.accepted_similarity if choice.entry is not None else choice.similarity,
             vector=vector,
             embed_s=embedded - started,
             search_s=searched - embedded,
             veto=choice.veto,
+            probe=probe,
         )
+
+    def _accept(self, namespace: Namespace, category: str | None, text: str, entry: CacheEntry | None,
+                similarity: float | None, delta: float | None) -> tuple[CacheEntry | None, Probe | None]:
+        """Serve `entry`? Static: it already cleared the threshold. Verified: `tiers.verify` decides."""
+        if entry is None or similarity is None:
+            return None, None
+        pool = pool_key(namespace, category)
+        stats = EntryStats()
+        if self.acceptance is None:
+            verdict = static_verdict(self._rng, self.sample_share)
+        else:
+            stats = self.book.get(entry.id, entry.verify_stats)
+            verdict = self.acceptance.decide(pool, stats, similarity, self._rng, delta)
+        probe = None
+        if verdict.verify:
+            probe = Probe(pool=pool, namespace=namespace, category=category, entry_id=entry.id,
+                          similarity=similarity, query=text, cached_response=entry.response,
+                          verdict=verdict, stats=stats)
+        return (entry if verdict.action is Action.EXPLOIT else None), probe
