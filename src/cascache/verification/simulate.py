@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cascache.quality import data as quality_data
 from cascache.tiers.verify import Action, EntryStats, VerifiedAcceptance, VerifyParams
 from cascache.verification.monitor import wilson_interval
 
@@ -276,27 +277,8 @@ def stratified_split(labels: Sequence[str], share: float, seed: int) -> tuple[li
 
 
 def draw_zipf_stream(labels: Sequence[str], rows: Sequence[int], n: int, zipf_s: float, seed: int) -> list[int]:
-    """`n` distinct rows; labels drawn with popularity 1/rank**zipf_s, ranks shuffled by the seed.
-
-    A label whose rows are used up drops out and its weight is spread over the rest.
-    """
-    rng = np.random.default_rng(seed)
-    pool: dict[str, list[int]] = defaultdict(list)
-    for row in rows:
-        pool[labels[row]].append(int(row))
-    names = sorted(pool)
-    ranked = [names[i] for i in rng.permutation(len(names))]
-    weight = {name: 1.0 / (rank + 1) ** zipf_s for rank, name in enumerate(ranked)}
-    for name in names:
-        rng.shuffle(pool[name])
-    stream: list[int] = []
-    while len(stream) < n:
-        alive = [name for name in ranked if pool[name]]
-        if not alive:
-            raise ValueError(f"only {len(stream)} rows available, {n} requested")
-        p = np.array([weight[name] for name in alive])
-        stream.append(pool[alive[rng.choice(len(alive), p=p / p.sum())]].pop())
-    return stream
+    """`n` distinct rows; labels drawn with popularity 1/rank**zipf_s (the evaluation's own stream builder)."""
+    return quality_data.draw_zipf_stream(rows, labels, n, zipf_s, seed)
 
 
 def pooled(results: Sequence[StreamResult]) -> StreamResult:
