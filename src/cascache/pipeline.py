@@ -17,7 +17,7 @@ import orjson
 from cascache._errors import NoUpstream, UpstreamError
 from cascache._types import CacheEntry, ChatRequest, Served, Vector
 from cascache.accounting import CostBreakdown, cost, default_price_table, hit_cost
-from cascache.categories import Categories, apply_category
+from cascache.categories import Categories, Category, apply_category
 from cascache.config import Settings
 from cascache.embedders.base import Embedder
 from cascache.keys import RequestKeys, make_scope, request_keys
@@ -90,13 +90,8 @@ class Pipeline:
         decision = decide(request, headers, self.settings.policy)
         scope = make_scope(caller_key(headers), request.user or headers.get(HEADER_USER))
         keys = request_keys(request, scope, decision.version, self.embedder.name)
-        vector: Vector | None = None
         probe: Probe | None = None
-        category = self.categories.by_header_or_rule(request.semantic_text, headers)
-        if category is None:
-            if decision.lookup and self.categories.needs_vector and request.semantic_text is not None:
-                vector = await self.semantic.embed(request.semantic_text)  # reused by the semantic tier
-            category = self.categories.by_centroid(vector)
+        category, vector = await self._categorise(request, headers, decision)
         decision = apply_category(decision, category, headers)
         if decision.lookup:
             entry = await self.exact.lookup(keys.fingerprint, scope, now)
@@ -121,6 +116,17 @@ class Pipeline:
         served = Served.MISS if decision.lookup else Served.BYPASS
         return await self._from_upstream(provider, request, raw_body, headers, keys, decision, vector, served,
                                          probe)
+
+    async def _categorise(self, request: ChatRequest, headers: Mapping[str, str],
+                          decision: Decision) -> tuple[Category, Vector | None]:
+        """The request's category (header, rule, or nearest centroid); the query vector if that needed one."""
+        category = self.categories.by_header_or_rule(request.semantic_text, headers)
+        if category is not None:
+            return category, None
+        vector = None
+        if decision.lookup and self.categories.needs_vector and request.semantic_text is not None:
+            vector = await self.semantic.embed(request.semantic_text)  # reused by the semantic tier
+        return self.categories.by_centroid(vector), vector
 
     async def _replay(self, provider: Provider, request: ChatRequest, entry: CacheEntry, served: Served,
                       similarity: float | None, now: float) -> Outcome:
