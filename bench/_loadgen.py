@@ -210,12 +210,141 @@ async def pairs(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def _read_body(reader: asyncio.StreamReader, lower_head: bytes) -> bytes:
+    """The whole response body: by Content-Length, chunked transfer coding, or up to EOF."""
+    length = _header(lower_head, b"content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise ConnectionError(f"bad content-length: {lower_head[:200]!r}")
+        return await reader.readexactly(int(length))
+    encoding = _header(lower_head, b"transfer-encoding")
+    if encoding is not None and b"chunked" in encoding:
+        parts: list[bytes] = []
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                # Trailers (none expected) end with an empty line.
+                while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                    pass
+                return b"".join(parts)
+            parts.append(await reader.readexactly(size))
+            if await reader.readexactly(2) != b"\r\n":
+                raise ConnectionError("chunk not followed by CRLF")
+    return await reader.read()  # connection: close framing
+
+
+def _check_json(body: bytes) -> str | None:
+    try:
+        doc = json.loads(body)
+        content = doc["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        return f"invalid JSON completion ({type(exc).__name__}): {body[:160]!r}"
+    if doc.get("object") != "chat.completion" or not isinstance(content, str):
+        return f"not a chat.completion: {body[:160]!r}"
+    return None
+
+
+def _check_sse(body: bytes) -> str | None:
+    payloads = [line[5:].strip() for line in body.replace(b"\r\n", b"\n").split(b"\n")
+                if line.startswith(b"data:")]
+    if not payloads or payloads[-1] != b"[DONE]":
+        return f"stream does not end with data: [DONE]: ...{body[-160:]!r}"
+    chunks = 0
+    for payload in payloads[:-1]:
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            return f"stream event is not JSON: {payload[:160]!r}"
+        if isinstance(doc, dict) and "error" in doc:
+            return f"error event in stream: {payload[:160]!r}"
+        chunks += 1
+    if chunks == 0:
+        return "stream without any chunk before [DONE]"
+    return None
+
+
+async def mix(job: dict[str, Any]) -> dict[str, Any]:
+    target: Target = job["target"]
+    headers = job.get("headers", {})
+    items = [(render(target, item["body"], headers), bool(item["stream"]), str(item["kind"]))
+             for item in job["items"]]
+    limit = min(job["max_requests"], len(items))
+    counts: dict[str, dict[str, int]] = {}
+    tally = Tally()
+    conns = [Connection(target) for _ in range(job["concurrency"])]
+    await asyncio.gather(*(conn.open() for conn in conns))
+    counter = itertools.count()
+    cpu_started = time.process_time()
+    started = time.perf_counter()
+    deadline = started + job["max_seconds"]
+    sent = 0
+
+    async def one(conn: Connection, request: bytes, stream: bool, kind: str) -> None:
+        if conn._writer is None:
+            await conn.open()
+        assert conn._reader is not None and conn._writer is not None
+        t0 = time.perf_counter()
+        conn._writer.write(request)
+        head = await conn._reader.readuntil(b"\r\n\r\n")
+        lower = head.lower()
+        body = await _read_body(conn._reader, lower)
+        elapsed = time.perf_counter() - t0
+        served = (_header(lower, b"x-cascache") or b"(none)").decode(errors="replace")
+        status = head[9:12]
+        by_kind = counts.setdefault(kind, {})
+        by_kind[served] = by_kind.get(served, 0) + 1
+        if status != b"200":
+            raise CheckFailed(f"{kind}: status {status.decode(errors='replace')}, x-cascache {served}: "
+                              f"{body[:160]!r}")
+        if stream:
+            ctype = _header(lower, b"content-type") or b""
+            problem = (None if ctype.startswith(b"text/event-stream") else f"content-type {ctype!r}") \
+                or _check_sse(body)
+        else:
+            problem = _check_json(body)
+        if problem is not None:
+            raise CheckFailed(f"{kind} (x-cascache {served}): {problem}")
+        if _header(lower, b"connection") == b"close":
+            await conn.close()
+        tally.latencies_ms.append(elapsed * 1000.0)
+        tally.ok += 1
+
+    async def worker(conn: Connection) -> None:
+        nonlocal sent
+        for i in counter:
+            if i >= limit or time.perf_counter() >= deadline:
+                return
+            sent += 1
+            request, stream, kind = items[i]
+            try:
+                await one(conn, request, stream, kind)
+            except CheckFailed as exc:
+                tally.fail(str(exc))
+            except (OSError, EOFError, ValueError, asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError) as exc:
+                tally.fail(f"{kind}: {type(exc).__name__}: {exc}")
+                await conn.close()
+
+    await asyncio.gather(*(worker(conn) for conn in conns))
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    await asyncio.gather(*(conn.close() for conn in conns))
+    lat = tally.latencies_ms
+    return {
+        "sent": sent, "ok": tally.ok, "errors": tally.errors, "error_samples": tally.samples,
+        "counts": counts, "elapsed_s": elapsed, "rps": sent / elapsed if elapsed > 0 else 0.0,
+        "p50_ms": percentile(lat, 50), "p90_ms": percentile(lat, 90), "p99_ms": percentile(lat, 99),
+        "max_ms": max(lat) if lat else float("nan"), "cpu_s": cpu,
+    }
+
+
 def main() -> None:
     job = json.loads(sys.stdin.read())
     for target in (job.get("target"), job.get("a"), job.get("b")):
         if target is not None and not str(target["host"]).startswith("127."):
             sys.exit("the load generator targets loopback addresses only")
-    runner = {"hammer": hammer, "pairs": pairs}[job["mode"]]
+    runner = {"hammer": hammer, "pairs": pairs, "mix": mix}[job["mode"]]
     # A hard stop on top of the job's own bounds, in case a peer stops answering.
     result = uvloop.run(asyncio.wait_for(runner(job), timeout=job["max_seconds"] + 60.0))
     sys.stdout.write(json.dumps(result) + "\n")
