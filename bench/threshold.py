@@ -42,7 +42,7 @@ import json
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +52,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from cascache.embedders.onnx_minilm import OnnxMiniLMEmbedder
+# The evaluation's own split and stream builder, so this bench and `cascache eval` draw the same streams.
+from cascache.quality.data import draw_zipf_stream, stratified_split
 
 DATA = Path("/work/shared/data")
 OUT = Path(__file__).resolve().parent / "out"
@@ -130,47 +132,6 @@ def fow_rates(pairs: list[Pair], sims: np.ndarray) -> dict[str, dict[float, floa
 
 
 # --- (b) BANKING77 stream -----------------------------------------------------------------
-
-
-def stratified_split(intents: list[str], share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of the tuning and held-out parts: `share` of every intent goes to tuning."""
-    rng = np.random.default_rng(seed)
-    by_intent: dict[str, list[int]] = defaultdict(list)
-    for i, intent in enumerate(intents):
-        by_intent[intent].append(i)
-    tune: list[int] = []
-    held: list[int] = []
-    for intent in sorted(by_intent):
-        rows = rng.permutation(by_intent[intent])
-        cut = round(len(rows) * share)
-        tune.extend(rows[:cut])
-        held.extend(rows[cut:])
-    return np.array(sorted(tune)), np.array(sorted(held))
-
-
-def draw_stream(rows: np.ndarray, intents: list[str], n: int, zipf_s: float, seed: int) -> list[int]:
-    """`n` distinct rows, intents drawn with popularity 1/rank**s (ranks shuffled by the seed).
-
-    An intent whose texts are used up drops out and its weight is spread over the
-    rest, so the stream's head flattens a little once the top intents run dry.
-    """
-    rng = np.random.default_rng(seed)
-    pool: dict[str, list[int]] = defaultdict(list)
-    for row in rows:
-        pool[intents[row]].append(int(row))
-    names = sorted(pool)
-    ranked = [names[i] for i in rng.permutation(len(names))]
-    weight = {name: 1.0 / (rank + 1) ** zipf_s for rank, name in enumerate(ranked)}
-    for name in names:
-        rng.shuffle(pool[name])  # pop() from the end then gives a random unused text
-    stream: list[int] = []
-    while len(stream) < n:
-        alive = [name for name in ranked if pool[name]]
-        if not alive:
-            raise ValueError(f"only {len(stream)} texts available, {n} requested")
-        p = np.array([weight[name] for name in alive])
-        stream.append(pool[alive[rng.choice(len(alive), p=p / p.sum())]].pop())
-    return stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +220,7 @@ def simulate_all(
 
 
 def run_streams(
-    rows: np.ndarray,
+    rows: Sequence[int],
     vectors: np.ndarray,
     intents: list[str],
     *,
@@ -272,7 +233,7 @@ def run_streams(
     """Counts pooled over `streams` streams seeded `seed`, `seed + 1`, ..."""
     pooled: dict[float, StreamResult] = {}
     for k in range(streams):
-        stream = draw_stream(rows, intents, queries, zipf_s, seed + k)
+        stream = draw_zipf_stream(rows, intents, queries, zipf_s, seed + k)
         for t, result in simulate_all(stream, vectors, intents, thresholds).items():
             pooled[t] = pooled[t] + result if t in pooled else result
     return pooled
@@ -382,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     # The held-out part is 30% of the data; streams of half its size keep the
     # Zipf head meaningful instead of draining every intent.
     held_queries = min(args.queries, len(held_rows) // 2)
-    first = draw_stream(tune_rows, intents, args.queries, args.zipf_s, args.seed + 1)
+    first = draw_zipf_stream(tune_rows, intents, args.queries, args.zipf_s, args.seed + 1)
     top = Counter(intents[r] for r in first).most_common(3)
     console.print(
         f"BANKING77: {len(tune_rows)} tuning / {len(held_rows)} held-out rows; {args.streams} "
