@@ -32,6 +32,7 @@ import orjson
 
 from cascache._errors import InvalidRequest
 from cascache._types import ChatRequest, Usage
+from cascache.providers.chunking import text_pieces
 
 PROVIDER = "anthropic"
 CHAT_PATH = "/messages"
@@ -252,19 +253,6 @@ def sse_event(data: Mapping[str, Any]) -> bytes:
     return b"event: " + str(data["type"]).encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-def _pieces(text: str, size: int = 48) -> Iterator[str]:
-    """Split text at whitespace into chunks so a replayed stream looks like a live one."""
-    start = 0
-    while start < len(text):
-        end = min(len(text), start + size)
-        if end < len(text):
-            space = text.rfind(" ", start + 1, end)
-            if space > start:
-                end = space
-        yield text[start:end]
-        start = end
-
-
 def _block_events(index: int, block: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     """start, deltas, stop for one content block, as the API streams each type."""
     kind = block.get("type")
@@ -273,7 +261,7 @@ def _block_events(index: int, block: Mapping[str, Any]) -> Iterator[dict[str, An
         if "citations" in block:
             start["citations"] = None
         yield {"type": "content_block_start", "index": index, "content_block": start}
-        for piece in _pieces(block.get("text") or ""):
+        for piece in text_pieces(block.get("text") or ""):
             yield {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}}
         for citation in block.get("citations") or []:
             yield {"type": "content_block_delta", "index": index,
@@ -281,13 +269,13 @@ def _block_events(index: int, block: Mapping[str, Any]) -> Iterator[dict[str, An
     elif kind in ("tool_use", "server_tool_use"):
         yield {"type": "content_block_start", "index": index, "content_block": {**block, "input": {}}}
         arguments = orjson.dumps(block.get("input") or {}).decode()
-        for piece in _pieces(arguments, size=32):
+        for piece in text_pieces(arguments, size=32):
             yield {"type": "content_block_delta", "index": index,
                    "delta": {"type": "input_json_delta", "partial_json": piece}}
     elif kind == "thinking":
         yield {"type": "content_block_start", "index": index,
                "content_block": {"type": "thinking", "thinking": "", "signature": ""}}
-        for piece in _pieces(block.get("thinking") or ""):
+        for piece in text_pieces(block.get("thinking") or ""):
             yield {"type": "content_block_delta", "index": index,
                    "delta": {"type": "thinking_delta", "thinking": piece}}
         if block.get("signature"):

@@ -17,6 +17,7 @@ import orjson
 from cascache._errors import InvalidRequest
 from cascache._types import ChatRequest, Usage
 from cascache.accounting import parse_usage
+from cascache.providers.chunking import text_pieces
 
 PROVIDER = "openai"
 CHAT_PATH = "/chat/completions"
@@ -149,19 +150,6 @@ def sse_event(data: Mapping[str, Any] | str) -> bytes:
     return f"data: {payload}\n\n".encode()
 
 
-def _text_pieces(text: str, size: int = 48) -> Iterator[str]:
-    """Split text into chunks at whitespace so a replayed stream looks like a live one."""
-    start = 0
-    while start < len(text):
-        end = min(len(text), start + size)
-        if end < len(text):
-            space = text.rfind(" ", start + 1, end)
-            if space > start:
-                end = space
-        yield text[start:end]
-        start = end
-
-
 def replay_sse(response: Mapping[str, Any], include_usage: bool) -> Iterator[bytes]:
     """A cached answer as an SSE stream: role, content, tool calls, finish, usage, [DONE]."""
     replayed = replay_json(response)
@@ -184,7 +172,7 @@ def replay_sse(response: Mapping[str, Any], include_usage: bool) -> Iterator[byt
         message = choice.get("message") or {}
         yield chunk([{"index": index, "delta": {"role": message.get("role", "assistant"), "content": ""},
                       "logprobs": None, "finish_reason": None}])
-        for piece in _text_pieces(message.get("content") or ""):
+        for piece in text_pieces(message.get("content") or ""):
             yield chunk([{"index": index, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}])
         for position, call in enumerate(message.get("tool_calls") or []):
             yield chunk([{"index": index, "delta": {"tool_calls": [{"index": position, **call}]},
