@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from cascache._errors import NoUpstream, UpstreamError
-from cascache._types import CacheEntry, ChatRequest, Served, Vector
+from cascache._types import CacheEntry, ChatRequest, Served, Usage, Vector
 from cascache.accounting import CostBreakdown, cost, default_price_table, hit_cost
 from cascache.categories import Categories, Category, apply_category
 from cascache.config import Settings
@@ -216,11 +216,7 @@ class Pipeline:
                 except orjson.JSONDecodeError:
                     response = None
                 if isinstance(response, dict):
-                    money = self._account(provider, request, response)
-                    if decision.store and provider.is_complete(response):
-                        await self._write_back(provider, request, keys, decision, response, vector)
-                    if probe is not None and provider.is_complete(response):
-                        self.verification.probe_explored(probe, response)
+                    money = await self._settle(provider, request, keys, decision, response, vector, probe)
             yield Head(reply.status, reply.headers, reply.body, money)
             return
         assembler = provider.assembler()
@@ -237,16 +233,22 @@ class Pipeline:
             await reply.close()
         self.metrics.stage_seconds.labels("upstream").observe(time.perf_counter() - started)
         if assembler.ended_cleanly:
-            response = assembler.response()
-            self._account(provider, request, response)
-            if decision.store and provider.is_complete(response):
-                await self._write_back(provider, request, keys, decision, response, vector)
-            if probe is not None and provider.is_complete(response):
-                self.verification.probe_explored(probe, response)
+            await self._settle(provider, request, keys, decision, assembler.response(), vector, probe)
 
-    def _account(self, provider: Provider, request: ChatRequest, response: dict[str, object]) -> CostBreakdown:
-        """Tokens and dollars of one upstream call; Tier 2's saving is the discount on cached input."""
+    async def _settle(self, provider: Provider, request: ChatRequest, keys: RequestKeys, decision: Decision,
+                      response: dict[str, object], vector: Vector | None, probe: Probe | None) -> CostBreakdown:
+        """After a successful upstream answer: account for it, write it back, judge a verified-mode probe."""
         usage = provider.usage(response)
+        money = self._account(request, usage)
+        if provider.is_complete(response):
+            if decision.store:
+                await self._write_back(request, keys, decision, response, usage, vector)
+            if probe is not None:
+                self.verification.probe_explored(probe, response)
+        return money
+
+    def _account(self, request: ChatRequest, usage: Usage) -> CostBreakdown:
+        """Tokens and dollars of one upstream call; Tier 2's saving is the discount on cached input."""
         money = cost(usage, request.model, self.prices)
         self.metrics.tokens.labels("input", "false").inc(usage.input_tokens)
         self.metrics.tokens.labels("output", "false").inc(usage.output_tokens)
@@ -256,11 +258,10 @@ class Pipeline:
             self.metrics.saved_usd.labels("tier2").inc(money.saved_usd)
         return money
 
-    async def _write_back(self, provider: Provider, request: ChatRequest, keys: RequestKeys, decision: Decision,
-                          response: dict[str, object], vector: Vector | None) -> None:
+    async def _write_back(self, request: ChatRequest, keys: RequestKeys, decision: Decision,
+                          response: dict[str, object], usage: Usage, vector: Vector | None) -> None:
         if vector is None and keys.namespace is not None and request.semantic_text is not None:
             vector = await self.semantic.embed(request.semantic_text)
-        usage = provider.usage(response)
         await self.writeback.write(request, keys, decision, response, usage, vector, self.clock())
 
     def _count(self, provider: Provider, served: Served) -> None:
