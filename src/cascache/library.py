@@ -82,7 +82,41 @@ def _headers(request: Any) -> dict[str, str]:
 
 
 def _transports(httpx: ModuleType) -> tuple[type, type]:
-    """Transport classes for the given httpx-compatible module (httpx or httpx2)."""
+    """Transport classes for the given httpx-compatible module (httpx or httpx2), built once per wrap()."""
+
+    class AsyncStream(httpx.AsyncByteStream):  # type: ignore[name-defined,misc]
+        def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+            self._chunks = chunks
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            async for chunk in self._chunks:
+                yield chunk
+
+        async def aclose(self) -> None:
+            await self._chunks.aclose()  # type: ignore[attr-defined]
+
+    class SyncStream(httpx.SyncByteStream):  # type: ignore[name-defined,misc]
+        """Pulls the async stream one chunk at a time through the private loop."""
+
+        def __init__(self, runner: _LoopThread, chunks: AsyncIterator[bytes]) -> None:
+            self._runner = runner
+            self._chunks = chunks
+
+        def __iter__(self) -> Iterator[bytes]:
+            while True:
+                try:
+                    yield self._runner.run(self._chunks.__anext__())  # type: ignore[arg-type]
+                except StopAsyncIteration:
+                    return
+
+        def close(self) -> None:
+            self._runner.run(self._chunks.aclose())  # type: ignore[attr-defined]
+
+    def response(outcome: Outcome, request: Any, stream: Any) -> Any:
+        if stream is not None:
+            return httpx.Response(outcome.status, headers=outcome.headers, stream=stream, request=request)
+        return httpx.Response(outcome.status, headers=outcome.headers, content=outcome.body or b"",
+                              request=request)
 
     class AsyncCascacheTransport(httpx.AsyncBaseTransport):  # type: ignore[name-defined,misc]
         def __init__(self, handle: _CacheHandle, fallback: Any) -> None:
@@ -94,7 +128,7 @@ def _transports(httpx: ModuleType) -> tuple[type, type]:
                 return await self._fallback.handle_async_request(request)
             cache = await self._handle.get(str(request.url))
             outcome = await cache.chat(self._handle.provider, await request.aread(), _headers(request))
-            return _response(httpx, outcome, request)
+            return response(outcome, request, AsyncStream(outcome.stream) if outcome.stream is not None else None)
 
         async def aclose(self) -> None:
             await self._handle.close()
@@ -116,51 +150,14 @@ def _transports(httpx: ModuleType) -> tuple[type, type]:
                 return await cache.chat(self._handle.provider, body, _headers(request))
 
             outcome = self._runner.run(serve())
-            if outcome.stream is not None:
-                return httpx.Response(outcome.status, headers=outcome.headers,
-                                      stream=_SyncStream(httpx, self._runner, outcome.stream), request=request)
-            return httpx.Response(outcome.status, headers=outcome.headers, content=outcome.body or b"",
-                                  request=request)
+            stream = SyncStream(self._runner, outcome.stream) if outcome.stream is not None else None
+            return response(outcome, request, stream)
 
         def close(self) -> None:
             self._runner.run(self._handle.close())
             self._fallback.close()
 
     return AsyncCascacheTransport, SyncCascacheTransport
-
-
-def _response(httpx: ModuleType, outcome: Outcome, request: Any) -> Any:
-    if outcome.stream is not None:
-        return httpx.Response(outcome.status, headers=outcome.headers, stream=_AsyncStream(httpx, outcome.stream),
-                              request=request)
-    return httpx.Response(outcome.status, headers=outcome.headers, content=outcome.body or b"", request=request)
-
-
-def _AsyncStream(httpx: ModuleType, chunks: AsyncIterator[bytes]) -> Any:  # noqa: N802 - acts as a class
-    class Stream(httpx.AsyncByteStream):  # type: ignore[name-defined,misc]
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            async for chunk in chunks:
-                yield chunk
-
-        async def aclose(self) -> None:
-            await chunks.aclose()  # type: ignore[attr-defined]
-
-    return Stream()
-
-
-def _SyncStream(httpx: ModuleType, runner: _LoopThread, chunks: AsyncIterator[bytes]) -> Any:  # noqa: N802
-    class Stream(httpx.SyncByteStream):  # type: ignore[name-defined,misc]
-        def __iter__(self) -> Iterator[bytes]:
-            while True:
-                try:
-                    yield runner.run(chunks.__anext__())  # type: ignore[arg-type]
-                except StopAsyncIteration:
-                    return
-
-        def close(self) -> None:
-            runner.run(chunks.aclose())  # type: ignore[attr-defined]
-
-    return Stream()
 
 
 def _httpx_module_of(http_client: Any) -> ModuleType:
