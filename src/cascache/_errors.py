@@ -3,7 +3,8 @@
     CascacheError
     ├── ConfigError            a setting is invalid (names the key)
     ├── InvalidRequest         the caller's request cannot be served as sent (400)
-    │   └── BodyTooLarge       the body exceeds the configured limit (413)
+    │   ├── BodyTooLarge       the body exceeds the configured limit (413)
+    │   └── BodyReadTimeout    the body did not arrive within server.body_read_timeout_s (408)
     ├── UpstreamError          the upstream could not give an answer
     │   ├── UpstreamTimeout    no answer in time (504)
     │   └── UpstreamUnavailable connection refused or dropped (502)
@@ -42,6 +43,10 @@ class InvalidRequest(CascacheError):
 
 class BodyTooLarge(InvalidRequest):
     status_code = 413
+
+
+class BodyReadTimeout(InvalidRequest):
+    status_code = 408
 
 
 class UpstreamError(CascacheError):

@@ -28,6 +28,8 @@ from cascache.pipeline import Outcome, Pipeline
 from cascache.providers import PROVIDERS
 from cascache.stores import open_store
 from cascache.stores.base import Store
+from cascache.stores.sharded import ShardedStore
+from cascache.stores.sqlite_hnsw import SqliteHnswStore
 from cascache.upstreams.base import Upstream
 from cascache.upstreams.engine_metrics import EngineMetricsScraper
 from cascache.upstreams.http import HttpUpstream
@@ -52,7 +54,27 @@ async def build_store(settings: Settings, dim: int) -> Store:
     store = open_store(url, dim=dim, max_entries=settings.store.max_entries)
     if asyncio.iscoroutine(store):
         store = await store
-    return store  # type: ignore[return-value]
+    if isinstance(store, SqliteHnswStore):
+        store.lock_timeout_ms = settings.store.lock_timeout_ms
+    return store
+
+
+#: Deepest JSON nesting a request body may have. orjson *reads* up to 1024 levels but *writes* at most
+#: 254, and keys and upstream bodies are written with it: a body nested 300 deep used to parse, then
+#: fail in `keys.canonical_json` as a 500 (tests/reliability/test_hostile_input.py). Real requests,
+#: tool schemas included, stay far below this.
+MAX_JSON_DEPTH = 128
+
+
+def _check_depth(body: Any) -> None:
+    """Refuse (400) a body nested deeper than MAX_JSON_DEPTH; walks containers only, iteratively."""
+    pending: list[tuple[Any, int]] = [(body, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
 def _key_from_env(setting: str, env_name: str | None) -> str | None:
@@ -110,6 +132,10 @@ class Cache:
         """Upstream per API shape ("openai", "anthropic")."""
         self.metrics = metrics or Metrics()
         self.pipeline = Pipeline(settings, store, embedder, self.upstreams, self.metrics, categories=categories)
+        if isinstance(store, ShardedStore):
+            # It fails open inside (a down node is a miss, a dropped write), so no tier ever sees
+            # the error: count it here, or /metrics would show a dead Redis node as a healthy cache.
+            store.on_fail_open = lambda kind, node: self.metrics.tier_errors.labels("store", kind).inc()
         self._engine_scraper: EngineMetricsScraper | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -134,6 +160,7 @@ class Cache:
                 body = orjson.loads(raw_body)
             except orjson.JSONDecodeError as exc:
                 raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+            _check_depth(body)
             request = provider.parse(body)
             started = time.perf_counter()
             outcome = await self.pipeline.handle(provider, request, raw_body, headers)

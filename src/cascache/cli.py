@@ -48,6 +48,7 @@ def serve(
     import uvicorn
 
     from cascache.gateway import create_app
+    from cascache.gateway.http_limits import limit_request_head
 
     settings = _settings_or_exit(config, {
         "server.host": host, "server.port": port, "upstream.url": upstream_url,
@@ -57,8 +58,10 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One line per upstream call is noise at info level; uvicorn's access log already says what was served.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # uvicorn bounds neither the time nor the size of a request's headers (gateway/http_limits.py).
+    head_limited = limit_request_head(settings.server.header_read_timeout_s, settings.server.max_header_bytes)
     uvicorn.run(create_app(settings), host=settings.server.host, port=settings.server.port,
-                log_level=log_level.lower(), timeout_graceful_shutdown=10)
+                log_level=log_level.lower(), timeout_graceful_shutdown=10, http=head_limited)
 
 
 def _console() -> Any:

@@ -53,6 +53,17 @@ class ServerSettings(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     """Requests with a larger body get 413 without being read further."""
+    body_read_timeout_s: float = Field(default=30.0, gt=0)
+    """The whole request body must arrive within this many seconds of the headers, else 408 and the
+    connection is closed: a client dripping its body (slow loris) cannot hold a connection for long.
+    30 s passes an 8 MiB body at ~280 KB/s."""
+    header_read_timeout_s: float = Field(default=20.0, gt=0)
+    """A request's headers must arrive within this many seconds of its first byte (of the connection,
+    for the first request), else 408 and close. uvicorn has no such bound: a client dripping header
+    bytes, or connecting and sending nothing, would hold the connection forever (gateway/http_limits.py)."""
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest request head (request line and headers) taken, else 431 and close. uvicorn's httptools
+    parser has no limit of its own (its h11 parser stops at 16 KiB)."""
 
 
 class UpstreamSettings(_Section):
@@ -114,6 +125,10 @@ class StoreSettings(_Section):
     """`memory://`, `sqlite:///path` or a directory. None: `<data_dir>/store`."""
     max_entries: int = Field(default=1_000_000, gt=0)
     sweep_interval_s: float = Field(default=60.0, gt=0)
+    lock_timeout_ms: int = Field(default=50, ge=0)
+    """Embedded store only: longest a request waits when another process holds the SQLite write lock.
+    The store runs SQLite on the event loop, so this wait stalls every request in flight; past it the
+    write is dropped (and writes are skipped for a second). See `SqliteHnswStore.lock_timeout_ms`."""
 
 
 class EmbedderSettings(_Section):

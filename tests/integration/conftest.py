@@ -44,16 +44,23 @@ class GatewayProcess:
                 self.process.wait()
 
 
-def start_gateway(tmp: Path, *args: str, env: dict[str, str] | None = None, timeout_s: float = 180) -> GatewayProcess:
-    """Run `cascache serve` as its own process and wait until /healthz answers."""
+def start_gateway(tmp: Path, *args: str, env: dict[str, str] | None = None, timeout_s: float = 180,
+                  data_dir: Path | None = None, restore_signals: bool = True) -> GatewayProcess:
+    """Run `cascache serve` as its own process and wait until /healthz answers.
+
+    `data_dir` defaults to a new folder under `tmp` (the log always goes to `tmp`).
+    `restore_signals=False` lets the child inherit this process's ignored SIGXFSZ
+    (Popen otherwise resets it; see tests/reliability/test_store_faults.py).
+    """
     port = free_port()
-    data_dir = tmp / f"data-{port}"
+    data_dir = data_dir if data_dir is not None else tmp / f"data-{port}"
     log_path = tmp / f"gateway-{port}.log"
     command = [sys.executable, "-m", "cascache.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
                "--log-level", "warning", *args]
     log_file = log_path.open("wb")
     process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                               env={**os.environ, **(env or {})}, start_new_session=True)
+                               env={**os.environ, **(env or {})}, start_new_session=True,
+                               restore_signals=restore_signals)
     gateway = GatewayProcess(f"http://127.0.0.1:{port}", process, log_path, data_dir)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -36,6 +36,11 @@ def test_admin_needs_the_right_token(admin_client: tuple[TestClient, Harness], p
     assert admin(client, "GET", path, token="sk-tenant-a").status_code == 401
     assert admin(client, "GET", path).status_code == 200
     assert admin(client, "POST", "/admin/purge", token="wrong", json={"all": True}).status_code == 401
+    # The scheme is case-insensitive (RFC 9110), the token is not; nor is another scheme accepted.
+    assert client.get(path, headers={"authorization": f"bearer {TOKEN}"}).status_code == 200
+    assert client.get(path, headers={"authorization": f"Bearer {TOKEN.upper()}x"}).status_code == 401
+    assert client.get(path, headers={"authorization": f"Basic {TOKEN}"}).status_code == 401
+    assert client.get(path, headers={"authorization": f"Bearer  {TOKEN}"}).status_code == 401
 
 
 def test_no_token_configured_means_no_admin_route(harness: Harness) -> None:
@@ -99,3 +104,6 @@ def test_entries_paging_and_stats(admin_client: tuple[TestClient, Harness]) -> N
     assert admin(client, "GET", "/admin/entries?limit=0").status_code == 400
     stats = admin(client, "GET", "/admin/stats").json()
     assert stats["store"]["entries"] == 3 and stats["requests"]["miss"] == 3
+    # Three finished misses, each its own flight: none in progress, nobody followed; tasks >= this request's.
+    assert stats["runtime"]["flights_in_progress"] == 0 and stats["runtime"]["followers_joined"] == 0
+    assert stats["runtime"]["tasks"] >= 1

@@ -6,6 +6,7 @@ time. With no token configured the routes answer 404: nothing is reachable.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable
@@ -34,9 +35,9 @@ def require_admin(handler: Handler) -> Handler:
         token = cache.settings.admin.token
         if not token:
             return _problem(404, "the admin API is disabled: no admin token is configured")
-        supplied = request.headers.get("authorization", "")
-        expected = f"Bearer {token}"
-        if not hmac.compare_digest(supplied.encode(), expected.encode()):
+        # RFC 9110: the scheme is case-insensitive ("bearer x" is as good as "Bearer x"); the token is not.
+        scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.encode(), token.encode()):
             return _problem(401, "missing or wrong admin token")
         return await handler(request)
 
@@ -116,7 +117,19 @@ async def stats(request: Request) -> Response:
         "verification": cache.pipeline.verification.stats(),
         # Beside our own tier counters: what the self-hosted engines say of their prefix caches.
         "engines": await _engine_stats(cache),
+        "runtime": _runtime_stats(cache),
     })
+
+
+def _runtime_stats(cache: Cache) -> dict[str, int]:
+    """Live asyncio tasks (this request's own included); coalesced flights in progress and followers so far.
+
+    An idle gateway's task count is flat; one that grows after clients have gone is leaking
+    upstream calls or streams (tests/reliability/test_client_disconnects.py watches it).
+    """
+    coalescer = cache.pipeline.coalescer
+    return {"tasks": len(asyncio.all_tasks()), "flights_in_progress": coalescer.in_flight,
+            "followers_joined": coalescer.followers_joined}
 
 
 async def _engine_stats(cache: Cache) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,7 +13,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cascache._errors import BodyTooLarge, CascacheError, NoUpstream
+from cascache._errors import BodyReadTimeout, BodyTooLarge, CascacheError, NoUpstream
 from cascache.cache import Cache
 from cascache.config import Settings
 from cascache.gateway import admin, dashboard
@@ -32,18 +33,25 @@ def _error(status: int, message: str, error_type: str, provider_name: str = "ope
                         headers={"x-cascache": "error"})
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it is known to exceed `limit` bytes."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refusing (413) as soon as it is known to exceed `limit` bytes, and (408)
+    when the whole of it has not arrived within `timeout_s` (a slow-loris upload holds a task and
+    a connection for as long as it is let drip)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    # isascii: str.isdigit() is also True for "²" (latin-1 0xB2), which int() refuses.
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyReadTimeout(f"request body not received within {timeout_s:g} s") from None
     return b"".join(chunks)
 
 
@@ -59,10 +67,13 @@ def to_response(outcome: Outcome) -> Response:
 def _chat_route(provider_name: str) -> Callable[[Request], Awaitable[Response]]:
     async def chat(request: Request) -> Response:
         cache: Cache = request.app.state.cache
+        server = cache.settings.server
         try:
-            raw = await read_body(request, cache.settings.server.max_body_bytes)
+            raw = await read_body(request, server.max_body_bytes, server.body_read_timeout_s)
         except CascacheError as exc:
-            return _error(exc.status_code, str(exc), exc.error_type, provider_name)
+            refused = _error(exc.status_code, str(exc), exc.error_type, provider_name)
+            refused.headers["connection"] = "close"  # the rest of the body stays unread: no draining it
+            return refused
         except ClientDisconnect:
             return Response(status_code=499)
         headers = {name.lower(): value for name, value in request.headers.items()}

@@ -117,7 +117,7 @@ def _canonical_message(index: int, message: Any) -> dict[str, Any]:
     where = f"messages.{index}"
     if not isinstance(message, Mapping):
         raise InvalidRequest(f"{where} must be an object", param=where)
-    if message.get("role") not in _ROLES:
+    if not isinstance(message.get("role"), str) or message["role"] not in _ROLES:  # lists are unhashable
         raise InvalidRequest(f"{where}.role must be 'user' or 'assistant'", param=f"{where}.role")
     content = message.get("content")
     if isinstance(content, list):

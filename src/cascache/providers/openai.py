@@ -71,7 +71,7 @@ def _canonical_message(index: int, message: Any) -> dict[str, Any]:
     if not isinstance(message, Mapping):
         raise InvalidRequest(f"messages[{index}] must be an object", param=f"messages.[{index}]")
     role = message.get("role")
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:  # a list or object role is unhashable
         raise InvalidRequest(f"messages[{index}].role must be one of {sorted(_ROLES)}", param=f"messages.[{index}].role")
     canonical = _drop_none(message)
     if "content" in canonical:

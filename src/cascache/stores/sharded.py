@@ -33,7 +33,9 @@ Failing open, per node, with a circuit breaker (`CircuitBreaker`):
   or lost, timeout, loading, out of memory). Lookups on its namespaces then
   return a miss, writes are dropped, and nothing is raised; every such event
   is counted per node (`stats().extra`; an exact lookup asks every node, so it
-  counts on a failing node even when the entry would have been elsewhere).
+  counts on a failing node even when the entry would have been elsewhere) and
+  reported to `on_fail_open`, which `Cache` points at its Prometheus counters
+  (the tiers never see these errors, so they cannot count them).
   Other exceptions are bugs and propagate.
 - After `failures_to_open` consecutive failures the breaker opens: the node is
   not called at all for `retry_interval_s` (calls are skipped and counted), so
@@ -231,6 +233,9 @@ class ShardedStore:
         self._ring = Rendezvous([shard.node_name for shard in shards])
         self._clock = clock
         self._owner_of_id: OrderedDict[str, int] = OrderedDict()
+        self.on_fail_open: Callable[[str, str], None] | None = None
+        """Called as ``on_fail_open(kind, node_name)`` for each call that failed open
+        (kind: "lookup", "write" or "other"), skipped ones included."""
 
     @property
     def shards(self) -> list[ShardNode]:
@@ -331,10 +336,9 @@ class ShardedStore:
 
     async def _call(self, node: _Node, kind: str, call: Callable[[ShardNode], Awaitable[T]], fallback: T) -> T:
         """Run `call(node.store)` unless the node's breaker is open; on `StoreUnavailable`, count and return `fallback`."""
-        counter = _KIND_COUNTER[kind]
         if not node.breaker.allow(self._clock()):
             node.counters.skipped += 1
-            setattr(node.counters, counter, getattr(node.counters, counter) + 1)
+            self._failed_open(node, kind)
             return fallback
         try:
             await self._replay_purges(node)
@@ -343,7 +347,7 @@ class ShardedStore:
             if node.breaker.state is not BreakerState.OPEN:
                 log.warning("store node %s unavailable, failing open: %s", node.store.node_name, exc)
             node.breaker.failed(self._clock())
-            setattr(node.counters, counter, getattr(node.counters, counter) + 1)
+            self._failed_open(node, kind)
             return fallback
         except BaseException:
             node.breaker.abandoned()
@@ -352,6 +356,12 @@ class ShardedStore:
             log.warning("store node %s is back", node.store.node_name)
         node.breaker.succeeded()
         return result
+
+    def _failed_open(self, node: _Node, kind: str) -> None:
+        counter = _KIND_COUNTER[kind]
+        setattr(node.counters, counter, getattr(node.counters, counter) + 1)
+        if self.on_fail_open is not None:
+            self.on_fail_open(kind, node.store.node_name)
 
     async def _purge_on(self, node: _Node, selector: PurgeSelector) -> int:
         reached = False

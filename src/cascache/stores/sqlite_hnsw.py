@@ -131,6 +131,18 @@ WAL_MAX_PAGES: Final = 10_000
 PARALLEL_BUILD_MIN: Final = 20_000
 #: Cap on candidates fetched when scope/expiry filtering drops the first ones.
 MAX_FETCH: Final = 4_096
+#: Default wait (busy_timeout) of statements on the event loop for a lock another
+#: process holds (a backup, the sqlite3 shell, a stray script). Only another
+#: process can make this store's connection wait: readers never block the WAL
+#: writer, the worker threads only read or run PASSIVE checkpoints, and LOCK
+#: keeps other cascache processes out. The wait blocks the event loop, i.e.
+#: every request in flight, so it is short: a cache that makes requests wait
+#: seconds is worse than none (measured with SQLite's 5 s default: one locked
+#: write stalled every concurrent request for 5 s; tests/reliability/test_store_faults.py).
+LOCK_TIMEOUT_MS: Final = 50
+#: After a write found the database locked, writes fail at once for this long:
+#: under load, paying LOCK_TIMEOUT_MS on every write would still stall the loop.
+LOCKED_BACKOFF_S: Final = 1.0
 
 _COLUMNS: Final = (
     "label, id, fingerprint, namespace, scope, version, provider, model, query, "
@@ -458,10 +470,19 @@ class _IndexFiles:
         return self.directory / f"{self.stem}.json"
 
     def exists(self) -> bool:
-        return self.manifest.exists() or self.graph.exists()
+        return any(path.exists() for path in (self.manifest, self.graph, *self.temporaries))
+
+    @property
+    def temporaries(self) -> tuple[Path, Path, Path]:
+        """Where `save` writes graph, labels and manifest before renaming them into place."""
+        return (self.graph.with_suffix(".hnsw.tmp"), self.labels.with_suffix(".tmp"),
+                self.manifest.with_suffix(".json.tmp"))
 
     def remove(self) -> None:
-        for path in (self.manifest, self.graph, self.labels):
+        # The temporaries too: a save cut short by a crash leaves them (as big as the graph), and
+        # once the namespace is gone no later save would replace them
+        # (tests/reliability/test_crash_loop.py).
+        for path in (self.manifest, self.graph, self.labels, *self.temporaries):
             path.unlink(missing_ok=True)
 
     def save(self, index: HnswIndex) -> None:
@@ -473,8 +494,7 @@ class _IndexFiles:
         """
         self.directory.mkdir(parents=True, exist_ok=True)
         labels = np.sort(index.labels())
-        graph_tmp = self.graph.with_suffix(".hnsw.tmp")
-        labels_tmp = self.labels.with_suffix(".tmp")
+        graph_tmp, labels_tmp, manifest_tmp = self.temporaries
         index.save(graph_tmp)
         with labels_tmp.open("wb") as file:
             np.save(file, labels)
@@ -494,7 +514,6 @@ class _IndexFiles:
         self.manifest.unlink(missing_ok=True)
         os.replace(graph_tmp, self.graph)
         os.replace(labels_tmp, self.labels)
-        manifest_tmp = self.manifest.with_suffix(".json.tmp")
         manifest_tmp.write_text(json.dumps(manifest))
         os.replace(manifest_tmp, self.manifest)
 
@@ -583,6 +602,8 @@ class _Loaded:
     index: VectorIndex
     outcome: Literal["exact", "loaded", "reconciled", "rebuilt"]
     unsaved_changes: int
+    files: Literal["absent", "verified", "rejected"] = "absent"
+    """Persisted files: none claimed (no manifest), used after passing their checks, or refused."""
 
 
 class SqliteHnswStore:
@@ -621,20 +642,25 @@ class SqliteHnswStore:
         self.path.mkdir(parents=True, exist_ok=True)
         self._index_dir = self.path / "index"
         self._db_path = self.path / "cache.db"
+        self._locked_until = 0.0
         self._lock_file = _lock_directory(self.path)
         try:
-            self._conn = _connect(self._db_path)
+            self._conn = _connect(self._db_path)  # opening may wait the long default for a lock
             self._init_schema()
             self._count: int = self._conn.execute("SELECT count(*) FROM entries").fetchone()[0]
         except BaseException:
             self._lock_file.close()
             raise
+        self.lock_timeout_ms = LOCK_TIMEOUT_MS
         self._conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_MAX_PAGES}")
         self._writes_since_checkpoint = 0
         self._checkpointing: asyncio.Task[None] | None = None
         self._checkpoint_conn: sqlite3.Connection | None = None
         self._slots: dict[Namespace, _Slot] = {}
-        self._counters = {"index_loads": 0, "index_reconciles": 0, "index_rebuilds": 0, "index_saves": 0}
+        self._counters = {"index_loads": 0, "index_reconciles": 0, "index_rebuilds": 0, "index_saves": 0,
+                          # What loads found on disk: files that passed their checks, and files refused
+                          # (damaged, torn, other parameters) and rebuilt. Crash recovery shows up here.
+                          "index_files_verified": 0, "index_files_rejected": 0}
         self._closed = False
 
     @property
@@ -651,6 +677,18 @@ class SqliteHnswStore:
         for slot in self._slots.values():
             if isinstance(slot.index, HnswIndex):
                 slot.index.ef_search = value
+
+    @property
+    def lock_timeout_ms(self) -> int:
+        """How long a statement on the event loop waits for another process's lock (see LOCK_TIMEOUT_MS)."""
+        return self._lock_timeout_ms
+
+    @lock_timeout_ms.setter
+    def lock_timeout_ms(self, value: int) -> None:
+        if value < 0:
+            raise ValueError(f"lock_timeout_ms must be >= 0, got {value}")
+        self._lock_timeout_ms = int(value)
+        self._conn.execute(f"PRAGMA busy_timeout = {self._lock_timeout_ms}")
 
     def __repr__(self) -> str:
         return f"SqliteHnswStore({str(self.path)!r}, dim={self.dim}, entries={self._count})"
@@ -782,17 +820,21 @@ class SqliteHnswStore:
                     "INSERT OR IGNORE INTO entry_tags (tag, label) VALUES (?, ?)",
                     [(tag, label) for tag in entry.tags],
                 )
-            self._count += 1 - len(replaced)
+            # Counted locally and kept only once COMMIT succeeds: a failed commit
+            # (disk full) must not leave _count ahead of the table, or later puts
+            # would evict live entries to make room for ones that were never stored.
+            count = self._count + 1 - len(replaced)
             evicted: list[tuple[int, str, int]] = []
-            if self._count > self.max_entries:
+            if count > self.max_entries:
                 evicted = self._conn.execute(
                     "DELETE FROM entries WHERE label IN "
                     "(SELECT label FROM entries ORDER BY recency, label LIMIT ?) "
                     "RETURNING label, namespace, has_vector",
-                    (self._count - self.max_entries,),
+                    (count - self.max_entries,),
                 ).fetchall()
                 self._bump_counter("evictions", len(evicted))
-                self._count -= len(evicted)
+                count -= len(evicted)
+        self._count = count
         self._wrote()
         self._forget_vectors(replaced + evicted)
         if vector is not None:
@@ -801,10 +843,12 @@ class SqliteHnswStore:
             )
 
     async def record_hit(self, entry_id: str, now: float) -> None:
-        self._conn.execute(
-            "UPDATE entries SET hits = hits + 1, last_hit_at = ?1, recency = max(recency, ?1) WHERE id = ?2",
-            (now, entry_id),
-        )
+        with self._writing():
+            self._conn.execute(
+                "UPDATE entries SET hits = hits + 1, last_hit_at = ?1, recency = max(recency, ?1) "
+                "WHERE id = ?2",
+                (now, entry_id),
+            )
         self._wrote()
 
     async def purge(self, selector: PurgeSelector) -> int:
@@ -908,13 +952,37 @@ class SqliteHnswStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        self._conn.execute("BEGIN")
+        with self._writing():
+            self._conn.execute("BEGIN")
+            try:
+                yield
+                self._conn.execute("COMMIT")
+            except BaseException:
+                # SQLite rolls back by itself after some errors (e.g. SQLITE_FULL at
+                # COMMIT) and not after others; only a transaction still open is ours to end.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Fail a write fast, as `StoreUnavailable`, while another process holds the write lock.
+
+        The first write to find the lock waits `lock_timeout_ms`; writes in the
+        next LOCKED_BACKOFF_S do not try at all. Callers fail open (the answer is
+        served, not cached). Reads go on meanwhile: WAL readers never wait for a writer.
+        """
+        if time.monotonic() < self._locked_until:
+            raise StoreUnavailable(f"{self._db_path} is locked by another process; write skipped")
         try:
             yield
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            self._locked_until = time.monotonic() + LOCKED_BACKOFF_S
+            log.warning("%s is locked by another process; dropping writes for %.0f s", self._db_path,
+                        LOCKED_BACKOFF_S)
+            raise StoreUnavailable(f"{self._db_path} is locked by another process: {exc}") from exc
 
     def _wrote(self) -> None:
         """Count a committed write; every CHECKPOINT_EVERY_WRITES, checkpoint the WAL on a thread."""
@@ -963,7 +1031,7 @@ class SqliteHnswStore:
                 ).fetchall()
                 if counter is not None:
                     self._bump_counter(counter, len(rows))
-                self._count -= len(rows)
+            self._count -= len(rows)  # after COMMIT, as in `put`
             self._wrote()
             self._forget_vectors(rows)
             total += len(rows)
@@ -1088,7 +1156,10 @@ class SqliteHnswStore:
             self._counters["index_reconciles"] += 1
         elif loaded.outcome == "rebuilt":
             self._counters["index_rebuilds"] += 1
-            self._counters["index_saves"] += 1
+            if loaded.unsaved_changes == 0:  # saved at once, unless the save failed (see _load_sync)
+                self._counters["index_saves"] += 1
+        if loaded.files != "absent":
+            self._counters[f"index_files_{loaded.files}"] += 1
 
     def _load_sync(self, namespace: Namespace) -> _Loaded | None:
         """Worker thread: load and reconcile the persisted index, or build one from SQLite.
@@ -1113,7 +1184,11 @@ class SqliteHnswStore:
                 )
                 index.add(stored, vectors)
                 return _Loaded(index, "exact", 0)
+            claimed = files.manifest.exists()
             saved = files.load(self.dim, self.hnsw_m, self.hnsw_ef_construction, self.hnsw_ef_search)
+            verdict: Literal["absent", "verified", "rejected"] = (
+                "absent" if not claimed else "rejected" if saved is None else "verified"
+            )
             if saved is not None:
                 in_index = saved.labels()
                 missing = np.setdiff1d(labels, in_index, assume_unique=True)
@@ -1129,7 +1204,7 @@ class SqliteHnswStore:
                         ).fetchall()
                         added, vectors = _unpack(rows, len(rows), self.dim)
                         saved.add(added, vectors)
-                    return _Loaded(saved, "reconciled" if drift else "loaded", drift)
+                    return _Loaded(saved, "reconciled" if drift else "loaded", drift, verdict)
                 log.info("index of namespace %r is %d changes behind SQLite; rebuilding", namespace, drift)
             stored, vectors = _unpack(conn.execute(_NAMESPACE_VECTORS, (namespace,)), len(labels), self.dim)
         index = HnswIndex.build(
@@ -1140,9 +1215,16 @@ class SqliteHnswStore:
             ef_construction=self.hnsw_ef_construction,
             ef_search=self.hnsw_ef_search,
         )
-        # A rebuild is the expensive path; persist it at once rather than at close.
-        files.save(index)
-        return _Loaded(index, "rebuilt", 0)
+        # A rebuild is the expensive path; persist it at once rather than at close. A save that
+        # fails (disk full) must not cost the namespace its index: serve from memory, leave the
+        # half-written files behind no manifest, and let the next save or close try again.
+        try:
+            files.save(index)
+        except OSError:
+            log.warning("saving the rebuilt index of namespace %r failed; keeping it in memory",
+                        namespace, exc_info=True)
+            return _Loaded(index, "rebuilt", len(index), verdict)
+        return _Loaded(index, "rebuilt", 0, verdict)
 
     async def _convert(self, namespace: Namespace, slot: _Slot) -> None:
         """An ExactIndex reached `exact_search_below`: build its HNSW successor on a thread, then swap."""

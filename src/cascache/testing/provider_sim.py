@@ -156,12 +156,21 @@ def _digest(*parts: Any) -> str:
 class SimError(Exception):
     """A request the real API would refuse; rendered in the API's own error shape."""
 
-    def __init__(self, status: int, message: str, error_type: str | None = None, param: str | None = None) -> None:
+    def __init__(self, status: int, message: str, error_type: str | None = None, param: str | None = None,
+                 headers: Mapping[str, str] | None = None, delay_s: float = 0.0) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.error_type = error_type
         self.param = param
+        self.headers = dict(headers or {})
+        """Extra response headers (an injected fault's `retry-after`)."""
+        self.delay_s = delay_s
+        """Seconds to wait before answering (an injected fault's latency: slow, then failing)."""
+
+
+class SimulatedConnectionDrop(Exception):
+    """Raised inside a streaming response to make the server drop the connection (`Fault.drop_connection`)."""
 
 
 @dataclass(slots=True)
@@ -491,11 +500,19 @@ class Fault:
     """The provider's error type; by default the one its docs give for `status`."""
     message: str = "simulated failure"
     latency_s: float = 0.0
-    """Extra seconds before the first byte (on top of `ProviderSim.latency_s`)."""
+    """Extra seconds before the first byte (on top of `ProviderSim.latency_s`), error answers included."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Extra headers on the `status` error answer, e.g. {"retry-after": "7"} on a 429."""
     cut_stream_after: int | None = None
     """Streams only: close the connection after this many events, without the proper end."""
     stream_error_type: str | None = None
     """Streams only: with `cut_stream_after`, send an in-stream `error` event of this type before closing."""
+    drop_connection: bool = False
+    """Streams only: with `cut_stream_after`, drop the connection mid-body (the reader sees an incomplete
+    chunked read, as when a provider's server dies) instead of ending the body early but well-formed."""
+    stall_stream_after: int | None = None
+    """Streams only: after this many events, send nothing for `stall_s` seconds (a hung upstream), then go on."""
+    stall_s: float = 0.0
     api: Api | None = None
     """Which endpoint the fault waits for; None: the next request of either."""
 
@@ -625,9 +642,11 @@ class ProviderSim:
             self._check_anthropic_headers(request)
             fault = self._take_fault("anthropic")
             if fault is not None and fault.status is not None:
-                raise SimError(fault.status, fault.message, fault.error_type)
+                raise SimError(fault.status, fault.message, fault.error_type, headers=fault.headers,
+                               delay_s=self.latency_s + fault.latency_s)
             served = self._serve_anthropic(body, _partition(request), fault)
         except SimError as exc:
+            await asyncio.sleep(exc.delay_s)
             return self._anthropic_error(exc, body)
         await asyncio.sleep(self.latency_s + (served.fault.latency_s if served.fault else 0.0))
         served.commit()  # the response starts now: from here on its prefix is readable
@@ -698,7 +717,7 @@ class ProviderSim:
         record = self._record(SimRecord(seq=0, at=self.clock(), api="anthropic", model=_model_of(body),
                                         stream=_stream_of(body), status=exc.status, body=body, error=exc.message))
         return JSONResponse({"type": "error", "error": {"type": error_type, "message": exc.message},
-                             "request_id": f"req_sim{record.seq:06d}"}, status_code=exc.status)
+                             "request_id": f"req_sim{record.seq:06d}"}, status_code=exc.status, headers=exc.headers)
 
     # -- OpenAI --------------------------------------------------------------
 
@@ -711,9 +730,11 @@ class ProviderSim:
                                     "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
             fault = self._take_fault("openai")
             if fault is not None and fault.status is not None:
-                raise SimError(fault.status, fault.message, fault.error_type)
+                raise SimError(fault.status, fault.message, fault.error_type, headers=fault.headers,
+                               delay_s=self.latency_s + fault.latency_s)
             served = self._serve_openai(body, _partition(request), fault)
         except SimError as exc:
+            await asyncio.sleep(exc.delay_s)
             return self._openai_error(exc, body)
         await asyncio.sleep(self.latency_s + (served.fault.latency_s if served.fault else 0.0))
         served.commit()
@@ -778,17 +799,23 @@ class ProviderSim:
         self._record(SimRecord(seq=0, at=self.clock(), api="openai", model=_model_of(body), stream=_stream_of(body),
                                status=exc.status, body=body, error=exc.message))
         return JSONResponse({"error": {"message": exc.message, "type": error_type, "param": exc.param, "code": None}},
-                            status_code=exc.status)
+                            status_code=exc.status, headers=exc.headers)
 
     # -- streaming and admin -------------------------------------------------
 
     async def _paced(self, events: Iterator[bytes], fault: Fault | None, api: Api) -> AsyncIterator[bytes]:
-        """Send events with the configured pacing; a fault may cut the stream or end it with an error."""
+        """Send events with the configured pacing; a fault may stall the stream, cut it or end it with an error."""
         for count, event in enumerate(events):
             if fault is not None and fault.cut_stream_after is not None and count >= fault.cut_stream_after:
                 if fault.stream_error_type is not None:
                     yield _stream_error(api, fault.stream_error_type, fault.message)
+                if fault.drop_connection:
+                    # An ASGI app cannot reset its connection; raising after the response
+                    # started makes the server close it without the chunked terminator.
+                    raise SimulatedConnectionDrop("the provider simulator dropped the connection mid-stream")
                 return
+            if fault is not None and fault.stall_stream_after == count:
+                await asyncio.sleep(fault.stall_s)
             if self.stream_delay_s:
                 await asyncio.sleep(self.stream_delay_s)
             yield event

@@ -7,6 +7,7 @@ import logging
 from cascache._types import CacheEntry, Fingerprint, Scope
 from cascache.metrics import Metrics
 from cascache.stores.base import Store
+from cascache.tiers.failure_log import FailureLog
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ class ExactTier:
         self._store = store
         self._metrics = metrics
         self.enabled = enabled
+        self._failures = FailureLog(log, "exact lookup failed; serving from upstream")
 
     async def lookup(self, fingerprint: Fingerprint, scope: Scope, now: float) -> CacheEntry | None:
         if not self.enabled:
@@ -29,7 +31,7 @@ class ExactTier:
         try:
             entry = await self._store.get(fingerprint, scope, now)
         except Exception:
-            log.exception("exact lookup failed; serving from upstream")
+            self._failures.failed()
             self._metrics.tier_errors.labels("exact", "lookup").inc()
             return None
         # Stores already filter by scope and expiry; checking again here costs

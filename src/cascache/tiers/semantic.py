@@ -11,6 +11,7 @@ from cascache._types import CacheEntry, Namespace, Scope, Vector
 from cascache.embedders.base import Embedder
 from cascache.metrics import Metrics
 from cascache.stores.base import Store
+from cascache.tiers.failure_log import FailureLog
 from cascache.tiers.guards import GuardSet, Veto, choose
 from cascache.tiers.verify import (
     Action,
@@ -66,6 +67,8 @@ class SemanticTier:
         self._store = store
         self._embedder = embedder
         self._metrics = metrics
+        self._embed_failures = FailureLog(log, "embedding failed; semantic tier skipped")
+        self._search_failures = FailureLog(log, "semantic search failed; serving from upstream")
         self.threshold = threshold
         self.k = k
         self.enabled = enabled
@@ -77,7 +80,7 @@ class SemanticTier:
         try:
             return (await self._embedder.embed([text]))[0]
         except Exception:
-            log.exception("embedding failed; semantic tier skipped")
+            self._embed_failures.failed()
             self._metrics.tier_errors.labels("semantic", "embed").inc()
             return None
 
@@ -96,7 +99,7 @@ class SemanticTier:
         try:
             candidates = await self._store.nearest(namespace, scope, vector, self.k, now)
         except Exception:
-            log.exception("semantic search failed; serving from upstream")
+            self._search_failures.failed()
             self._metrics.tier_errors.labels("semantic", "search").inc()
             candidates = []
         searched = time.perf_counter()

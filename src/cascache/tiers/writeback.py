@@ -12,6 +12,7 @@ from cascache.keys import RequestKeys
 from cascache.metrics import Metrics
 from cascache.policy import Decision
 from cascache.stores.base import Store
+from cascache.tiers.failure_log import FailureLog
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class WriteBack:
     def __init__(self, store: Store, metrics: Metrics) -> None:
         self._store = store
         self._metrics = metrics
+        self._failures = FailureLog(log, "write-back failed; answer served but not cached")
 
     async def write(
         self,
@@ -59,7 +61,7 @@ class WriteBack:
         try:
             await self._store.put(entry)
         except Exception:
-            log.exception("write-back failed; answer served but not cached")
+            self._failures.failed()
             self._metrics.writebacks.labels("error").inc()
             return None
         self._metrics.writebacks.labels("stored").inc()

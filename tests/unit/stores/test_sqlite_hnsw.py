@@ -246,6 +246,35 @@ async def test_index_behind_sqlite_is_reconciled_not_rebuilt(tmp_path: Path) -> 
     await store.close()
 
 
+async def test_a_rebuild_whose_save_fails_still_serves_and_saves_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = clustered(300)
+    queries = perturbed(stored[:60])
+    store = open_store(tmp_path)
+    await fill(store, stored)
+    before = await top_ids(store, queries)
+    await store.close()
+    delete_index(tmp_path)
+
+    real_save = sqlite_hnsw._IndexFiles.save
+    def disk_full(self: object, index: object) -> None:
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(sqlite_hnsw._IndexFiles, "save", disk_full)
+    store = open_store(tmp_path)
+    # The rebuilt index serves from memory although it could not be written.
+    assert await top_ids(store, queries) == before
+    extra = (await store.stats()).extra
+    assert (extra["index_rebuilds"], extra["index_saves"]) == (1, 0)
+
+    monkeypatch.setattr(sqlite_hnsw._IndexFiles, "save", real_save)
+    await store.close()  # space is back: the unsaved index is written at close
+    store = open_store(tmp_path)
+    assert await top_ids(store, queries) == before
+    assert (await counters(store))["index_rebuilds"] == 0
+    await store.close()
+
+
 async def test_index_far_behind_sqlite_is_rebuilt(tmp_path: Path) -> None:
     stored = clustered(300)
     store = open_store(tmp_path)

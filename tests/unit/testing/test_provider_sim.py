@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -350,6 +351,32 @@ async def test_stream_faults_cut_or_end_with_an_error_event(client: httpx.AsyncC
     assert errored[-1] == ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
     whole = sse((await client.post("/v1/messages", json=body, headers=ANTHROPIC_HEADERS)).content)
     assert whole[-1][0] == "message_stop"
+
+
+async def test_error_faults_carry_headers_and_latency_and_a_stream_can_stall(
+        client: httpx.AsyncClient, sim: ProviderSim) -> None:
+    sim.inject(Fault(status=429, headers={"retry-after": "3"}, latency_s=0.2, api="anthropic"))
+    started = time.perf_counter()
+    limited = await client.post("/v1/messages", json=messages_body(), headers=ANTHROPIC_HEADERS)
+    assert limited.status_code == 429 and limited.headers["retry-after"] == "3"
+    assert limited.json()["error"]["type"] == "rate_limit_error"
+    assert time.perf_counter() - started >= 0.2  # slow, then failing
+    sim.inject(Fault(stall_stream_after=2, stall_s=0.2, api="anthropic"))
+    started = time.perf_counter()
+    stalled = await client.post("/v1/messages", json={**messages_body(), "stream": True}, headers=ANTHROPIC_HEADERS)
+    assert time.perf_counter() - started >= 0.2
+    assert sse(stalled.content)[-1][0] == "message_stop"  # a stall delays the stream; it does not end it
+
+
+def test_a_dropped_connection_breaks_the_readers_body() -> None:
+    sim = ProviderSim()
+    sim.inject(Fault(cut_stream_after=3, drop_connection=True, api="openai"))
+    with SimServer(sim) as server, httpx.Client(base_url=server.base_url) as client, \
+            client.stream("POST", "/v1/chat/completions", json={"model": "m", "stream": True,
+                          "messages": [{"role": "user", "content": "hi"}]}, headers=OPENAI_HEADERS) as reply:
+        assert reply.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            reply.read()
 
 
 async def test_streamed_usage_matches_the_json_usage(client: httpx.AsyncClient) -> None:

@@ -127,7 +127,7 @@ def _marked_blocks(blocks: Sequence[Any]) -> int:
 def _markable_block(block: Any) -> bool:
     if isinstance(block, str):
         return block != ""
-    if not isinstance(block, Mapping) or block.get("type") in _NOT_MARKABLE:
+    if not isinstance(block, Mapping) or not isinstance(block.get("type"), str) or block["type"] in _NOT_MARKABLE:
         return False
     return not (block.get("type") == "text" and not block.get("text"))
 

@@ -56,7 +56,7 @@ def part_tokens(part: Any, count: TextTokens = approx_text_tokens) -> int:
         kind = part.get("type")
         if kind == "text" and isinstance(part.get("text"), str):
             return count(part["text"])
-        if kind in _IMAGE_TYPES:
+        if isinstance(kind, str) and kind in _IMAGE_TYPES:  # a client's list or object `type` is unhashable
             return IMAGE_TOKENS
     if isinstance(part, list):
         return sum(part_tokens(item, count) for item in part)
