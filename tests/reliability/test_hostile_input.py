@@ -603,6 +603,8 @@ def test_giant_headers_are_refused_and_the_gateway_keeps_serving(gateway: Gatewa
     print(f"\n{shape}: status {reply.status}, closed={reply.closed}, {reply.elapsed_s * 1000:.0f} ms")
     assert reply.status is None or 400 <= reply.status < 500, reply
     assert reply.status is not None or reply.closed, reply
+    if reply.status is not None:
+        assert_provider_error_shape("openai", reply.status, reply.body)
     assert_still_serving(gateway)
 
 
@@ -675,13 +677,16 @@ def _read_reply_keep_open(sock: socket.socket) -> int:
     return int(head.split(b" ", 2)[1])
 
 
-@pytest.mark.parametrize("case", ["dripped-headers", "silent-connection"])
-def test_slow_headers_are_cut_off(gateway: GatewayProcess, case: str) -> None:
-    head = request_head("openai", {"content-length": "2"})
+@pytest.mark.parametrize(("case", "api"), [("dripped-headers", "openai"), ("dripped-headers", "anthropic"),
+                                           ("silent-connection", "openai")])
+def test_slow_headers_are_cut_off(gateway: GatewayProcess, case: str, api: str) -> None:
+    head = request_head(api, {"content-length": "2"})
     first, dripped = (head[:20], head[20:]) if case == "dripped-headers" else (b"", b"")
     reply, sent = drip(gateway, first, dripped, limit_s=HEADER_READ_TIMEOUT_S + 10)
     print(f"\n{case}: status {reply.status} closed={reply.closed} after {reply.elapsed_s:.2f} s ({sent} bytes dripped)")
     assert reply.status in (None, 408) and (reply.closed or reply.status == 408), reply
+    if reply.status == 408:  # the head was never parsed, but its request line names the API
+        assert_provider_error_shape(api, 408, reply.body)
     assert reply.elapsed_s <= HEADER_READ_TIMEOUT_S + 1.5, reply.elapsed_s
     assert_still_serving(gateway)
 

@@ -19,9 +19,22 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from cascache.providers import PROVIDERS
+
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+#: How much of a head is kept to tell which API it was for (the request line is enough).
+_REQUEST_LINE_BYTES = 256
+
+
+def refusal_body(head_start: bytes, status: int, message: str) -> bytes:
+    """The error in the shape of the API the request line names: the head was never parsed, but a
+    client of /v1/messages still deserves Anthropic's shape, and everyone else OpenAI's."""
+    request_line = head_start.split(b"\r\n", 1)[0]
+    provider = "anthropic" if b" /v1/messages" in request_line else "openai"
+    return orjson.dumps(PROVIDERS[provider].error_body(status, message, "invalid_request_error"))
 
 
 def limit_request_head(timeout_s: float, max_bytes: int, base: type[Any] = AutoHTTPProtocol) -> type[asyncio.Protocol]:
@@ -30,6 +43,7 @@ def limit_request_head(timeout_s: float, max_bytes: int, base: type[Any] = AutoH
     class LimitedHead(base):  # type: ignore[misc, valid-type]
         _head_timer: asyncio.TimerHandle | None = None
         _head_bytes = 0
+        _head_start = b""
         _cycle_before_head: Any = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -40,6 +54,8 @@ def limit_request_head(timeout_s: float, max_bytes: int, base: type[Any] = AutoH
             if self._head_timer is None and self.cycle is not None and self.cycle.response_complete:
                 self._await_head()  # the first bytes of the next request on a kept-alive connection
             if self._head_timer is not None:
+                if len(self._head_start) < _REQUEST_LINE_BYTES:
+                    self._head_start += data[:_REQUEST_LINE_BYTES]
                 self._head_bytes += len(data)
             super().data_received(data)
             if self._head_timer is None:
@@ -56,6 +72,7 @@ def limit_request_head(timeout_s: float, max_bytes: int, base: type[Any] = AutoH
         def _await_head(self) -> None:
             self._cycle_before_head = self.cycle
             self._head_bytes = 0
+            self._head_start = b""
             self._head_timer = self.loop.call_later(timeout_s, self._head_timed_out)
 
         def _stop_awaiting_head(self) -> None:
@@ -75,8 +92,8 @@ def limit_request_head(timeout_s: float, max_bytes: int, base: type[Any] = AutoH
             if self.transport.is_closing():
                 return
             self.logger.warning("refused a request: %s", message)
-            body = message.encode()
-            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            body = refusal_body(self._head_start, status, message)
+            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                                  b"content-length: %d\r\nconnection: close\r\n\r\n%s"
                                  % (status, _REASONS[status], len(body), body))
             self.transport.close()
