@@ -35,6 +35,14 @@ Data: /work/shared/data (see its README).
     with our embedder; on a local Redis Stack) against cascache's defaults and
     verified mode.
     Every system stores only misses and gets the same precomputed vectors.
+(f) Answer consensus (opt-in, `semantic.consensus_k`; docs/tuning.md): a row of
+    the BANKING77 section. Its (k, top, floor) is chosen on the tuning streams
+    only (of `CONSENSUS_GRID`, the most hits with a measured false-hit rate
+    <= 1%), on top of the chosen static threshold and the default guards; the
+    held-out streams are replayed at that choice. Also the fow pairs replayed
+    as one stream (as in (e)), default vs consensus, so its effect on traps shows.
+    The JSON keys of (a)-(e) stay those of the default mode; consensus adds
+    `consensus_*` keys.
 
 Run: .venv/bin/python bench/quality.py       (~5-10 min; embeddings are cached in bench/out/)
      --skip-competitors                      (cascache only)
@@ -84,6 +92,7 @@ from cascache.quality import (
 )
 from cascache.quality.data import LabelledPair
 from cascache.quality.replay import PairResult, embed_texts, texts_of_pairs
+from cascache.tiers.consensus import ConsensusRule
 from cascache.tiers.guards import DEFAULT_GUARDS, GUARDS, GuardSet
 
 DATA = Path("/work/shared/data")
@@ -92,6 +101,12 @@ SWEEP = (0.80, 0.85, 0.88, 0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98,
 PAIR_SWEEP = (0.0, 0.50, 0.60, 0.70, 0.75, 0.80, 0.85, 0.88, 0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98)
 GUARD_COST_AT = (0.90, 0.93, 0.97)
 TARGET_FHR = 0.01
+#: (k, top, floor) tried on the tuning streams; small on purpose (each point is 10 replays of 3,000).
+CONSENSUS_GRID = tuple(
+    ConsensusRule(k, top, floor)
+    for k in (3, 5, 7)
+    for top, floor in ((0.75, 0.65), (0.80, 0.65), (0.80, 0.70), (0.85, 0.75), (0.85, 0.80))
+)
 VERIFY_MODULE = "cascache.verification.simulate"
 
 console = Console(width=170)
@@ -131,6 +146,7 @@ def pooled(
     thresholds: Sequence[float],
     guards: Sequence[str],
     k: int,
+    consensus: ConsensusRule | None = None,
 ) -> dict[float, StreamCounts]:
     out: dict[float, StreamCounts] = {}
     for stream in streams:
@@ -140,6 +156,7 @@ def pooled(
             thresholds,
             guards=GuardSet(guards),
             k=k,
+            consensus=consensus,
             policy=PolicySettings(),
             embedder_name=EMBEDDER_NAME,
         ).items():
@@ -402,6 +419,7 @@ def trace_cascache(
     threshold: float,
     guards: Sequence[str],
     k: int,
+    consensus: ConsensusRule | None = None,
 ) -> list[bool | None]:
     """Per query: None (miss), True (right hit), False (wrong hit), from cascache's replay."""
     served: dict[int, int] = {}
@@ -411,11 +429,95 @@ def trace_cascache(
         [threshold],
         guards=GuardSet(guards),
         k=k,
+        consensus=consensus,
         policy=PolicySettings(),
         embedder_name=EMBEDDER_NAME,
         on_hit=lambda _t, i, j, _s: served.__setitem__(i, j),
     )
     return [None if i not in served else queries[served[i]].label == q.label for i, q in enumerate(queries)]
+
+
+# --- answer consensus (opt-in) -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ConsensusFigures:
+    rule: ConsensusRule | None
+    """Chosen on the tuning streams; None when no grid point keeps the false-hit rate within the target."""
+    tuning: StreamCounts | None
+    heldout: StreamCounts | None
+    grid: dict[str, StreamCounts]
+    fow_default: dict[str, float] | None = None
+    fow: dict[str, float] | None = None
+
+    @property
+    def name(self) -> str:
+        return "-" if self.rule is None else _rule_name(self.rule)
+
+    def figures(self) -> dict[str, Any]:
+        def counts(c: StreamCounts | None) -> dict[str, float] | None:
+            if c is None:
+                return None
+            return {"hits_of_oracle": round(c.of_oracle, 4), "false_hit_rate": round(c.false_hit_rate, 4),
+                    "hit_rate": round(c.hit_rate, 4), "hits": c.hits, "wrong_hits": c.wrong_hits}
+
+        rounded = (lambda r: None if r is None else {k: round(v, 4) for k, v in r.items()})
+        return {
+            "consensus_recall_vs_oracle_at_fhr_1pct_heldout": None
+            if self.heldout is None
+            else round(self.heldout.of_oracle, 4),
+            "consensus_heldout_fhr": None if self.heldout is None else round(self.heldout.false_hit_rate, 4),
+            "consensus_params": None
+            if self.rule is None
+            else {"k": self.rule.k, "top": self.rule.top, "floor": self.rule.floor},
+            "consensus_tuning": counts(self.tuning),
+            "consensus_heldout": counts(self.heldout),
+            "consensus_grid_tuning": {name: counts(c) for name, c in self.grid.items()},
+            "consensus_fow_stream": rounded(self.fow),
+            "default_fow_stream": rounded(self.fow_default),
+        }
+
+
+def _rule_name(rule: ConsensusRule) -> str:
+    return f"k={rule.k} top {rule.top:.2f} floor {rule.floor:.2f}"
+
+
+def consensus_rows(
+    tune: Sequence[Stream],
+    held: Sequence[Stream],
+    vectors: dict[str, np.ndarray],
+    threshold: float,
+    guards: Sequence[str],
+    k: int,
+    static_tuning: dict[float, StreamCounts],
+    static_held: StreamCounts,
+) -> ConsensusFigures:
+    """Grid on the tuning streams (most hits with FHR <= target), then the held-out streams at the choice."""
+    grid = {
+        _rule_name(r): pooled(tune, vectors, [threshold], guards, k, r)[threshold] for r in CONSENSUS_GRID
+    }
+    within = [r for r in CONSENSUS_GRID if grid[_rule_name(r)].false_hit_rate <= TARGET_FHR]
+    rule = max(within, key=lambda r: grid[_rule_name(r)].hits, default=None)
+    tuning = grid[_rule_name(rule)] if rule is not None else None
+    heldout = pooled(held, vectors, [threshold], guards, k, rule)[threshold] if rule is not None else None
+    table = Table(
+        title=f"BANKING77: static {threshold} + guards, with answer consensus (tuning grid; held-out)"
+    )
+    for head in ("mode", "split", "hits %", "false hits %", "wrong / hits", "hits / oracle %"):
+        table.add_column(head, justify="right")
+    chosen = None if rule is None else _rule_name(rule)
+    rows = [("static (default mode)", "tuning", static_tuning[threshold], None)]
+    rows += [
+        (f"consensus {name}", "tuning", c, "green" if name == chosen else None) for name, c in grid.items()
+    ]
+    rows += [("static (default mode)", "held-out", static_held, None)]
+    if heldout is not None:
+        rows += [(f"consensus {chosen} (chosen on tuning)", "held-out", heldout, "bold green")]
+    for name, split, c, style in rows:
+        table.add_row(name, split, pct(c.hit_rate), pct(c.false_hit_rate), f"{c.wrong_hits} / {c.hits}",
+                      pct(c.of_oracle), style=style)
+    console.print(table)
+    return ConsensusFigures(rule, tuning, heldout, grid)
 
 
 # --- verified mode (another engineer's module; used only if present) ---------------------
@@ -513,6 +615,9 @@ async def main(argv: list[str] | None = None) -> int:
     held_at = pooled(held, vectors, sorted({chosen, default_threshold}), default_guards, default_k)
     print_sweep("BANKING77 held-out (never used to choose), threshold + guards", held_at, chosen)
     held_chosen = held_at[chosen]
+    consensus = consensus_rows(
+        tune, held, vectors, chosen, default_guards, default_k, sweep_guarded, held_chosen
+    )
 
     # (b) fow-cache pairs --------------------------------------------------------------------
     section("fow-cache pairs")
@@ -627,6 +732,23 @@ async def main(argv: list[str] | None = None) -> int:
         )
     console.print(table)
 
+    section("fow-cache pairs as one stream: default vs answer consensus")
+    fow_queries = fow_as_stream(pairs)
+    consensus.fow_default = fow_stream_rates(
+        pairs, trace_cascache(fow_queries, vectors, chosen, default_guards, default_k)
+    )
+    if consensus.rule is not None:
+        consensus.fow = fow_stream_rates(
+            pairs, trace_cascache(fow_queries, vectors, chosen, default_guards, default_k, consensus.rule)
+        )
+    table = Table(title=f"fow pairs as one stream (all a, then all b), threshold {chosen} + guards")
+    for head in ("mode", "positives served right %", "traps served wrong %"):
+        table.add_column(head, justify="right")
+    for name, rates in (("default", consensus.fow_default), (f"consensus {consensus.name}", consensus.fow)):
+        if rates:
+            table.add_row(name, pct(rates["positive_hit_rate"]), pct(rates["trap_hit_rate"]))
+    console.print(table)
+
     # (c) conversations ----------------------------------------------------------------------
     section("conversations")
     conv = await replay_pairs(
@@ -700,7 +822,6 @@ async def main(argv: list[str] | None = None) -> int:
     side: dict[str, dict[str, float]] = {}
     if not args.skip_competitors:
         subset = held[: args.competitor_streams]
-        fow_queries = fow_as_stream(pairs)
         ours = pooled(subset, vectors, [default_threshold], default_guards, default_k)[default_threshold]
         ours_fow = fow_stream_rates(
             pairs, trace_cascache(fow_queries, vectors, default_threshold, default_guards, default_k)
@@ -711,6 +832,14 @@ async def main(argv: list[str] | None = None) -> int:
             "hits_of_oracle": ours.of_oracle,
             **{f"fow_{k}": v for k, v in ours_fow.items()},
         }
+        if consensus.rule is not None:
+            agreed = pooled(subset, vectors, [chosen], default_guards, default_k, consensus.rule)[chosen]
+            side[f"cascache consensus ({consensus.name})"] = {
+                "hit_rate": agreed.hit_rate,
+                "false_hit_rate": agreed.false_hit_rate,
+                "hits_of_oracle": agreed.of_oracle,
+                **{f"fow_{k}": v for k, v in consensus.fow.items()},
+            }
         for delta, row in (verified_runs(subset, vectors) or {}).items():
             side[f"cascache verified, delta {delta:g}"] = {
                 **row,
@@ -778,6 +907,7 @@ async def main(argv: list[str] | None = None) -> int:
         "side_by_side": {
             k: {m: round(v, 4) for m, v in row.items() if not math.isnan(v)} for k, row in side.items()
         },
+        **consensus.figures(),
         "seconds": round(time.perf_counter() - started, 1),
     }
     sys.stdout.write(json.dumps(figures) + "\n")

@@ -19,8 +19,9 @@ Steps 1-2 are pure and run before any tier; step 3 needs the query's vector,
 so it runs after embedding (only when some category has examples). What a
 category sets, and nothing else: ``threshold`` (None: ``semantic.threshold``),
 ``ttl_s`` (None: ``policy.ttl_s``; an ``x-cascache-ttl`` header still wins),
-``bypass`` (no Tier 1 lookup or write) and ``delta`` (the false-hit bound for
-verified mode, passed through to it; None: its global default).
+``bypass`` (no Tier 1 lookup or write), ``delta`` (the false-hit bound for
+verified mode, passed through to it; None: its global default) and
+``consensus_k`` (answer consensus on or off here; None: ``semantic.consensus_k``).
 
 Example (TOML)::
 
@@ -84,6 +85,16 @@ class CategoryRule(BaseModel):
     """Never answer from, nor write to, Tier 1 (exact and semantic)."""
     delta: float | None = Field(default=None, gt=0.0, lt=1.0)
     """Verified mode's false-hit bound for this category; None: its global default."""
+    consensus_k: int | None = Field(default=None, ge=0)
+    """Answer consensus in this category (`semantic.consensus_k`; top and floor stay global): 0 turns it
+    off here, >= 2 on; None: the global setting. Turn it on only where answers are labels or FAQ texts."""
+
+    @field_validator("consensus_k")
+    @classmethod
+    def _not_one(cls, k: int | None) -> int | None:
+        if k == 1:
+            raise ValueError("1 neighbour is no consensus; use 0 (off) or >= 2")
+        return k
 
     @field_validator("patterns")
     @classmethod

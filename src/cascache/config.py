@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cascache._errors import ConfigError
 from cascache.categories import CategorySettings
+from cascache.tiers.consensus import ConsensusRule
 from cascache.tiers.guards import DEFAULT_GUARDS, validate_guard_names
 from cascache.tiers.prefix.base import PrefixSettings
 from cascache.tiers.route import AffinitySettings, RoutingPolicy, make_policy
@@ -152,6 +153,15 @@ class SemanticSettings(_Section):
     """Candidates fetched per lookup; with guards, a vetoed nearest one can give way to the next."""
     guards: tuple[str, ...] = DEFAULT_GUARDS
     """Guards that veto a candidate whose answer-determining tokens differ (docs/eval.md). [] turns them off."""
+    consensus_k: int = Field(default=0, ge=0)
+    """Answer consensus (docs/tuning.md#answer-consensus): below the threshold, serve the nearest candidate
+    when the `consensus_k` nearest all clear `consensus_floor` and carry the same answer. 0: off (the
+    default). Meant for label- or FAQ-style answers only: identical free-text answers are mostly generic
+    ones ("Yes.") and prove nothing. Static mode only (verified mode ignores it); 1 is not allowed."""
+    consensus_top: float = Field(default=0.80, ge=0.0, le=1.0)
+    """Similarity the nearest candidate (the one served) must reach for consensus to serve it."""
+    consensus_floor: float = Field(default=0.70, ge=0.0, le=1.0)
+    """Similarity each of the `consensus_k` nearest candidates must reach to count as agreeing."""
 
     @field_validator("guards", mode="before")
     @classmethod
@@ -159,6 +169,19 @@ class SemanticSettings(_Section):
         if isinstance(value, str):  # CASCACHE_SEMANTIC_GUARDS="number,negation" (or "none")
             value = [] if value.strip().lower() in {"", "none"} else value.split(",")
         return validate_guard_names(value) if isinstance(value, list | tuple) else value
+
+    @model_validator(mode="after")
+    def _consensus_is_coherent(self) -> SemanticSettings:
+        if self.consensus_k == 1:
+            raise ValueError("consensus_k: 1 neighbour is no consensus; use 0 (off) or >= 2")
+        if self.consensus_floor > self.consensus_top:
+            raise ValueError(f"consensus_floor {self.consensus_floor} is above consensus_top {self.consensus_top}")
+        return self
+
+    def consensus_rule(self, k: int | None = None) -> ConsensusRule | None:
+        """The consensus rule with `k` agreeing neighbours (None: `consensus_k`); None when that is 0 (off)."""
+        k = self.consensus_k if k is None else k
+        return ConsensusRule(k, self.consensus_top, self.consensus_floor) if k else None
 
 
 class VerificationSettings(_Section):

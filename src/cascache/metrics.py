@@ -33,6 +33,10 @@ class Metrics:
             "cascache_semantic_vetoes", "Semantic candidates that cleared the threshold but a guard refused",
             ["guard"], registry=self.registry,
         )
+        self.semantic_consensus_hits = Counter(
+            "cascache_semantic_consensus_hits", "Semantic hits served below the threshold by answer consensus",
+            registry=self.registry,
+        )
         self.semantic_similarity = Histogram(
             "cascache_semantic_similarity", "Similarity of the best semantic candidate",
             buckets=(0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99, 1.0), registry=self.registry,

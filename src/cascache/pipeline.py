@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 import orjson
 
@@ -26,6 +27,7 @@ from cascache.policy import HEADER_USER, Decision, decide
 from cascache.providers.base import Provider
 from cascache.stores.base import Store
 from cascache.tiers.coalesce import Coalescer, Subscription
+from cascache.tiers.consensus import ConsensusRule
 from cascache.tiers.exact import ExactTier
 from cascache.tiers.guards import GuardSet
 from cascache.tiers.prefix.tier import PREFIX_WARNING_HEADER, PrefixTier
@@ -76,7 +78,8 @@ class Pipeline:
                                      k=settings.semantic.k, enabled=settings.semantic.enabled,
                                      guards=GuardSet(settings.semantic.guards),
                                      acceptance=self.verification.acceptance, book=self.verification.book,
-                                     sample_share=self.verification.sample_share)
+                                     sample_share=self.verification.sample_share,
+                                     consensus=settings.semantic.consensus_rule())
         # Without `categories` (Cache.open builds them, embedding centroid examples): header and rules only.
         self.categories = categories or Categories(settings.categories)
         self.coalescer: Coalescer[Head | bytes] = Coalescer()
@@ -101,7 +104,8 @@ class Pipeline:
                 found = await self.semantic.lookup(
                     keys.namespace, scope, request.semantic_text, now,
                     threshold=category.threshold(self.settings.semantic.threshold), vector=vector,
-                    category=category.name, delta=category.rule.delta)
+                    category=category.name, delta=category.rule.delta,
+                    consensus=self._consensus(category))
                 self.metrics.stage_seconds.labels("embed").observe(found.embed_s)
                 self.metrics.stage_seconds.labels("search").observe(found.search_s)
                 if found.entry is not None:
@@ -116,6 +120,12 @@ class Pipeline:
         served = Served.MISS if decision.lookup else Served.BYPASS
         return await self._from_upstream(provider, request, raw_body, headers, keys, decision, vector, served,
                                          probe)
+
+    def _consensus(self, category: Category) -> ConsensusRule | None | Literal["tier"]:
+        """The category's answer-consensus rule; "tier" (the global one) when the category sets none."""
+        if category.rule.consensus_k is None:
+            return "tier"
+        return self.settings.semantic.consensus_rule(category.rule.consensus_k)
 
     async def _categorise(self, request: ChatRequest, headers: Mapping[str, str],
                           decision: Decision) -> tuple[Category, Vector | None]:

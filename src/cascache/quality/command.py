@@ -93,6 +93,7 @@ def eval_command(
             configured_threshold=settings.semantic.threshold,
             guards=_guards(guards, settings),
             k=k or settings.semantic.k,
+            consensus=settings.semantic.consensus_rule(),
             policy=settings.policy,
             target_fhr=target_fhr,
             confidence=confidence,

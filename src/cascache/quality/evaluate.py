@@ -37,6 +37,7 @@ from cascache.quality.replay import (
     texts_of_streams,
 )
 from cascache.quality.stats import Bound, upper_bound
+from cascache.tiers.consensus import ConsensusRule
 from cascache.tiers.guards import DEFAULT_GUARDS, GuardSet
 
 __all__ = [
@@ -82,6 +83,8 @@ class EvalOptions:
     """The threshold in force (settings): pairs and held-out streams are also reported at it."""
     guards: tuple[str, ...] = DEFAULT_GUARDS
     k: int = 1
+    consensus: ConsensusRule | None = None
+    """Answer consensus as configured (`semantic.consensus_*`); None: off. Used at every threshold."""
     policy: PolicySettings = field(default_factory=PolicySettings)
     target_fhr: float = 0.01
     confidence: float = 0.95
@@ -203,6 +206,7 @@ class _ReplayArgs(TypedDict):
 
     guards: GuardSet
     k: int
+    consensus: ConsensusRule | None
     policy: PolicySettings
     embedder_name: str
 
@@ -232,7 +236,8 @@ async def evaluate(
     guards = GuardSet(options.guards)
     thresholds = tuple(sorted(set(options.thresholds) | {options.configured_threshold}))
     report = EvalReport(options=options, embedder=embedder.name)
-    common = _ReplayArgs(guards=guards, k=options.k, policy=options.policy, embedder_name=embedder.name)
+    common = _ReplayArgs(guards=guards, k=options.k, consensus=options.consensus, policy=options.policy,
+                         embedder_name=embedder.name)
     with _progress(console) as progress:
         texts = texts_of_pairs(pairs) | texts_of_streams(streams) | texts_of_streams(holdout)
         task = progress.add_task("embedding", total=len(texts))

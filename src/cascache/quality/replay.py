@@ -2,9 +2,12 @@
 
 Nothing here re-implements a cache decision. Every request is parsed by the
 real provider adapter (`providers.openai.parse`), keyed by `keys.request_keys`,
-judged by `policy.decide`, and a candidate is accepted by `tiers.guards.choose`,
-the function the semantic tier runs on the store's candidates. Vectors come
-from the embedder the cache is configured with.
+judged by `policy.decide`, and a candidate is accepted by
+`tiers.consensus.choose_with_consensus`, the function the semantic tier runs on
+the store's candidates (`tiers.guards.choose`, then answer consensus when a
+`ConsensusRule` is given). Vectors come from the embedder the cache is
+configured with. A cached entry's answer is its label, in an OpenAI-shaped
+response, so consensus compares labels exactly as it compares answers online.
 
 Two engines replay a stream:
 
@@ -29,6 +32,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +44,8 @@ from cascache.policy import decide
 from cascache.providers.openai import parse
 from cascache.quality.data import LabelledPair, Message, Stream
 from cascache.stores.memory import MemoryStore
-from cascache.tiers.guards import Choice, GuardSet, Veto, choose
+from cascache.tiers.consensus import ConsensusRule, choose_with_consensus
+from cascache.tiers.guards import Choice, GuardSet, Veto
 
 __all__ = [
     "PairResult",
@@ -167,11 +172,21 @@ def _entry(prepared: Prepared, label: str, vector: Vector | None, index: int) ->
         model=EVAL_MODEL,
         query=prepared.text if prepared.namespace is not None else None,
         vector=vector if prepared.namespace is not None else None,
-        response={"label": label},
+        response=_labelled_response(label),
         usage=Usage(),
         created_at=_NOW,
         expires_at=None,
     )
+
+
+def _labelled_response(label: str) -> dict[str, Any]:
+    """An OpenAI Chat response whose answer is `label` (what `judges.answer_text` reads), plus the label."""
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": label}}], "label": label}
+
+
+def _fetch(k: int, consensus: ConsensusRule | None) -> int:
+    """Candidates per lookup, as the semantic tier fetches them."""
+    return max(k, consensus.k) if consensus is not None else k
 
 
 # --- streams -------------------------------------------------------------------------------
@@ -300,6 +315,7 @@ def replay_stream(
     k: int,
     policy: PolicySettings,
     embedder_name: str,
+    consensus: ConsensusRule | None = None,
     on_hit: Callable[[float, int, int, float], None] | None = None,
 ) -> dict[float, StreamCounts]:
     """Counts at every threshold for one stream replayed into an empty cache (the fast engine).
@@ -313,7 +329,8 @@ def replay_stream(
         _entry(p, label, None, i) for i, (p, label) in enumerate(zip(data.prepared, data.labels, strict=True))
     ]
     return {
-        t: _replay_one(data, similarities, entries, t, guards=guards, k=k, on_hit=on_hit) for t in thresholds
+        t: _replay_one(data, similarities, entries, t, guards=guards, k=k, consensus=consensus, on_hit=on_hit)
+        for t in thresholds
     }
 
 
@@ -325,6 +342,7 @@ def _replay_one(
     *,
     guards: GuardSet,
     k: int,
+    consensus: ConsensusRule | None,
     on_hit: Callable[[float, int, int, float], None] | None,
 ) -> StreamCounts:
     exact: dict[Fingerprint, int] = {}
@@ -332,6 +350,7 @@ def _replay_one(
     cached: dict[Namespace, tuple[np.ndarray, list[int]]] = {}
     hits = wrong = exact_hits = vetoed = bypassed = 0
     by_guard: dict[str, int] = {}
+    fetch = _fetch(k, consensus)
     for i, p in enumerate(data.prepared):
         if not p.lookup:
             bypassed += 1
@@ -344,8 +363,8 @@ def _replay_one(
             buffer, size = cached[p.namespace]
             positions = buffer[: size[0]]
             row = similarities[i, positions]
-            order = [int(np.argmax(row))] if k == 1 else np.argsort(-row, kind="stable")[:k].tolist()
-            choice: Choice = choose(
+            order = [int(np.argmax(row))] if fetch == 1 else _nearest(row, fetch)
+            choice: Choice = choose_with_consensus(
                 [(entries[positions[j]], float(row[j])) for j in order],
                 namespace=p.namespace,
                 scope=p.scope,
@@ -353,6 +372,8 @@ def _replay_one(
                 threshold=threshold,
                 query=p.text,
                 guards=guards,
+                k=k,
+                rule=consensus,
             )
             if choice.entry is not None:
                 served = int(choice.entry.id[1:])
@@ -384,6 +405,17 @@ def _replay_one(
     )
 
 
+def _nearest(row: Vector, k: int) -> list[int]:
+    """Positions of the k largest similarities, most similar first, ties in insertion order (as
+    `MemoryStore.nearest`); a partial sort first, since consensus asks for several of many."""
+    if len(row) > 4 * k:
+        # Everything tied with the k-th value is kept, so the stable sort below breaks ties as the store does.
+        kth = np.partition(row, len(row) - k)[len(row) - k]
+        candidates = np.flatnonzero(row >= kth)
+        return candidates[np.argsort(-row[candidates], kind="stable")][:k].tolist()
+    return np.argsort(-row, kind="stable")[:k].tolist()
+
+
 async def replay_stream_in_store(
     stream: Stream,
     vectors: Mapping[str, Vector],
@@ -393,6 +425,7 @@ async def replay_stream_in_store(
     k: int,
     policy: PolicySettings,
     embedder_name: str,
+    consensus: ConsensusRule | None = None,
 ) -> StreamCounts:
     """One threshold, through a real `MemoryStore` (the reference the fast engine is checked against)."""
     data = _prepare_stream(stream, vectors, policy, embedder_name)
@@ -407,8 +440,9 @@ async def replay_stream_in_store(
         if found is not None:
             exact_hits += 1
         elif p.namespace is not None and p.text is not None:
-            candidates = await store.nearest(p.namespace, p.scope, data.vectors[i], k, _NOW)
-            choice = choose(
+            fetch = _fetch(k, consensus)
+            candidates = await store.nearest(p.namespace, p.scope, data.vectors[i], fetch, _NOW)
+            choice = choose_with_consensus(
                 candidates,
                 namespace=p.namespace,
                 scope=p.scope,
@@ -416,6 +450,8 @@ async def replay_stream_in_store(
                 threshold=threshold,
                 query=p.text,
                 guards=guards,
+                k=k,
+                rule=consensus,
             )
             found = choice.entry
             if found is None and choice.veto is not None:
@@ -465,9 +501,15 @@ async def replay_pairs(
     k: int,
     policy: PolicySettings,
     embedder_name: str,
+    consensus: ConsensusRule | None = None,
     progress: Progress | None = None,
 ) -> list[PairResult]:
-    """Cache each pair's `a` (in a scope of its own), then look its `b` up at every threshold."""
+    """Cache each pair's `a` (in a scope of its own), then look its `b` up at every threshold.
+
+    A cache holding one entry per scope never reaches consensus (k >= 2), so `consensus` changes
+    nothing here; it is taken so that every replay runs the tier's acceptance with the same arguments.
+    To see consensus on pairs, replay them as a stream.
+    """
     store = MemoryStore(max_entries=max(1, len(pairs)))
     results: list[PairResult] = []
     for index, pair in enumerate(pairs):
@@ -486,11 +528,13 @@ async def replay_pairs(
             route = "exact"
             hit = dict.fromkeys(thresholds, True)
         elif b.namespace is not None and b.text is not None:
-            candidates = await store.nearest(b.namespace, scope, _normalised(vectors[b.text]), k, _NOW)
+            candidates = await store.nearest(
+                b.namespace, scope, _normalised(vectors[b.text]), _fetch(k, consensus), _NOW
+            )
             if candidates:
                 route, similarity = "semantic", max(s for _, s in candidates)
                 for t in thresholds:
-                    choice = choose(
+                    choice = choose_with_consensus(
                         candidates,
                         namespace=b.namespace,
                         scope=scope,
@@ -498,6 +542,8 @@ async def replay_pairs(
                         threshold=t,
                         query=b.text,
                         guards=guards,
+                        k=k,
+                        rule=consensus,
                     )
                     hit[t] = choice.entry is not None
                     veto[t] = choice.veto

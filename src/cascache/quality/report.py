@@ -19,6 +19,7 @@ from rich.table import Table
 
 from cascache.quality.evaluate import EvalReport, PairSummary, summarise_pairs
 from cascache.quality.replay import StreamCounts
+from cascache.tiers.consensus import ConsensusRule
 
 __all__ = ["print_report", "report_json", "write_report"]
 
@@ -89,6 +90,9 @@ def report_json(report: EvalReport) -> dict[str, Any]:
             "configured_threshold": o.configured_threshold,
             "guards": list(o.guards),
             "k": o.k,
+            "consensus": None
+            if o.consensus is None
+            else {"k": o.consensus.k, "top": o.consensus.top, "floor": o.consensus.floor},
             "target_fhr": o.target_fhr,
             "confidence": o.confidence,
             "bound": o.bound,
@@ -132,12 +136,16 @@ def report_json(report: EvalReport) -> dict[str, Any]:
     return out
 
 
+def _consensus_note(rule: ConsensusRule | None) -> str:
+    return "" if rule is None else f"; consensus k={rule.k} top {rule.top} floor {rule.floor}"
+
+
 def print_report(report: EvalReport, console: Console) -> None:
     o = report.options
     if report.tuning:
         table = Table(
             title=f"Streams (tuning, {report.tuning_streams} pooled): hit rate vs false-hit rate "
-            f"[guards: {', '.join(o.guards) or 'none'}; k={o.k}]"
+            f"[guards: {', '.join(o.guards) or 'none'}; k={o.k}{_consensus_note(o.consensus)}]"
         )
         for head in (
             "threshold",

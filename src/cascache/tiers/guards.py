@@ -54,6 +54,7 @@ __all__ = [
     "Veto",
     "accept",
     "choose",
+    "eligible",
     "features",
     "validate_guard_names",
     "veto",
@@ -628,6 +629,25 @@ class Choice:
     """Similarity of the accepted entry (may be below `similarity` when a guard vetoed the best)."""
     veto: Veto | None
     """The first veto met on a candidate that cleared the threshold, if any."""
+    consensus: bool = False
+    """True: served below the threshold because its neighbours agreed (`tiers.consensus`)."""
+
+
+def eligible(
+    candidates: Iterable[tuple[CacheEntry, float]], *, namespace: Namespace, scope: Scope, now: float
+) -> list[tuple[CacheEntry, float]]:
+    """The candidates of this namespace and scope, not expired, most similar first (stable for ties).
+
+    The store filters these already; checking again is defence in depth, a
+    cross-scope answer being a leak.
+    """
+    kept = [
+        (entry, similarity)
+        for entry, similarity in candidates
+        if entry.namespace == namespace and entry.scope == scope and not entry.is_expired(now)
+    ]
+    kept.sort(key=lambda pair: -pair[1])
+    return kept
 
 
 def choose(
@@ -642,21 +662,15 @@ def choose(
 ) -> Choice:
     """Serve the most similar eligible candidate that clears the threshold and passes the guards.
 
-    Eligible: same namespace and scope, not expired (the store filters these
-    already; checking again is defence in depth, a cross-scope answer being a
-    leak). Candidates are tried in order of similarity (stable for ties, as the
-    store returned them), so with k > 1 a vetoed nearest neighbour ("order
-    48213" for "order 48231") can still give way to a cached entry that fits.
+    Only `eligible` candidates count. They are tried in order of similarity
+    (stable for ties, as the store returned them), so with k > 1 a vetoed
+    nearest neighbour ("order 48213" for "order 48231") can still give way to
+    a cached entry that fits.
     """
-    eligible = [
-        (entry, similarity)
-        for entry, similarity in candidates
-        if entry.namespace == namespace and entry.scope == scope and not entry.is_expired(now)
-    ]
-    eligible.sort(key=lambda pair: -pair[1])
-    best = eligible[0][1] if eligible else None
+    ranked = eligible(candidates, namespace=namespace, scope=scope, now=now)
+    best = ranked[0][1] if ranked else None
     first_veto: Veto | None = None
-    for entry, similarity in eligible:
+    for entry, similarity in ranked:
         if math.isnan(similarity) or similarity < threshold:
             break  # sorted: nothing further can clear the threshold
         if entry.query is None:

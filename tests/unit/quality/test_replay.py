@@ -16,6 +16,7 @@ from cascache.quality.replay import (
     texts_of_pairs,
     texts_of_streams,
 )
+from cascache.tiers.consensus import ConsensusRule
 from cascache.tiers.guards import ALL_GUARDS, GuardSet
 from tests.fakes import KeywordEmbedder
 
@@ -73,7 +74,10 @@ async def test_time_sensitive_queries_bypass_and_are_never_cached() -> None:
 
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("guards", [(), ALL_GUARDS])
-async def test_fast_replay_equals_the_memory_store_replay(k: int, guards: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("consensus", [None, ConsensusRule(3, 0.5, 0.4)])
+async def test_fast_replay_equals_the_memory_store_replay(
+    k: int, guards: tuple[str, ...], consensus: ConsensusRule | None
+) -> None:
     rng = np.random.default_rng(11)
     words = "card order 12 13 refund not open close Paris London account pin fee when how why".split()
     s = Stream(
@@ -84,12 +88,33 @@ async def test_fast_replay_equals_the_memory_store_replay(k: int, guards: tuple[
     )
     vectors = await vectors_for(s)
     thresholds = [0.3, 0.5, 0.75, 0.9]
-    common = {"guards": GuardSet(guards), "k": k, "policy": POLICY, "embedder_name": "e"}
+    common = {"guards": GuardSet(guards), "k": k, "policy": POLICY, "embedder_name": "e",
+              "consensus": consensus}
     fast = replay_stream(s, vectors, thresholds, **common)  # type: ignore[arg-type]
     for t in thresholds:
         slow = await replay_stream_in_store(s, vectors, t, **common)  # type: ignore[arg-type]
         assert fast[t] == slow, t
     assert fast[0.3].hits > fast[0.9].hits > 0
+
+
+async def test_consensus_in_the_replay_adds_below_threshold_hits_only_when_labels_agree() -> None:
+    """Three cached rewordings of one intent; a fourth at cosine 0.75 to each hits only with consensus."""
+    cached = (("alpha beta gamma delta", "x"), ("alpha beta gamma epsilon", "x"), ("alpha beta gamma zeta", "x"))
+    agreeing = stream(*cached, ("alpha beta gamma eta", "x"))
+    split = stream(*cached[:2], ("alpha beta gamma zeta", "y"), ("alpha beta gamma eta", "x"))
+    rule = ConsensusRule(3, 0.7, 0.7)
+    vectors = await vectors_for(agreeing, split)
+
+    def fast(s: Stream, consensus: ConsensusRule | None) -> StreamCounts:
+        return replay_stream(s, vectors, [0.97], guards=NO_GUARDS, k=1, policy=POLICY, embedder_name="e",
+                             consensus=consensus)[0.97]
+
+    agreed = fast(agreeing, rule)
+    assert (fast(agreeing, None).hits, agreed.hits, agreed.wrong_hits) == (0, 1, 0)
+    slow = await replay_stream_in_store(agreeing, vectors, 0.97, guards=NO_GUARDS, k=1, policy=POLICY,
+                                        embedder_name="e", consensus=rule)
+    assert slow == agreed
+    assert fast(split, rule).hits == 0
 
 
 def pair(a: object, b: object, same: bool, category: str = "c") -> LabelledPair:
