@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import csv
 import gc
-import hashlib
 import json
 import statistics
 import sys
@@ -27,6 +26,7 @@ from rich.table import Table
 
 from cascache._types import CacheEntry, Fingerprint, Namespace, PurgeSelector, Scope, Usage
 from cascache.embedders.onnx_minilm import OnnxMiniLMEmbedder
+from cascache.quality.vector_file import cached_vectors
 from cascache.stores.redis import RedisStore
 from cascache.stores.redis_stack_server import RedisStackServer
 
@@ -46,20 +46,15 @@ def load_texts(data: Path) -> list[str]:
 
 
 def embed_cached(embedder: OnnxMiniLMEmbedder, texts: list[str], tag: str) -> np.ndarray:
-    """Embed `texts`, reusing bench/out/ (same file key as bench/threshold.py: embedder name + every text)."""
-    digest = hashlib.sha256(embedder.name.encode())
-    for text in texts:
-        digest.update(b"\0" + text.encode())
-    path = OUT / f"emb-{tag}-{digest.hexdigest()[:16]}.npy"
-    if path.exists():
-        cached: np.ndarray = np.load(path)
-        return cached
-    started = time.perf_counter()
-    vectors = embedder.embed_sync(texts)
-    console.print(f"[dim]embedded {len(texts)} {tag} texts in {time.perf_counter() - started:.1f} s[/dim]")
-    OUT.mkdir(parents=True, exist_ok=True)
-    np.save(path, vectors)
-    return vectors
+    """Embed `texts`, reusing bench/out/ (`cascache.quality.vector_file`, as bench/threshold.py does)."""
+
+    def embed(todo: list[str]) -> np.ndarray:
+        started = time.perf_counter()
+        vectors = embedder.embed_sync(todo)
+        console.print(f"[dim]embedded {len(todo)} {tag} texts in {time.perf_counter() - started:.1f} s[/dim]")
+        return vectors
+
+    return cached_vectors(OUT, tag, embedder.name, texts, embed)
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ from rich.table import Table
 
 from cascache._types import CacheEntry, Fingerprint, Namespace, Scope, Usage, Vector
 from cascache.embedders.onnx_minilm import OnnxMiniLMEmbedder
+from cascache.quality.vector_file import save_vectors, vector_file
 from cascache.stores.sqlite_hnsw import HnswIndex, SqliteHnswStore
 
 T = TypeVar("T")
@@ -104,18 +105,14 @@ def corpus() -> tuple[list[str], list[tuple[str, str]]]:
 
 async def embed_cached(embedder: OnnxMiniLMEmbedder, texts: list[str]) -> Vector:
     """Embed `texts` once; the file name hashes the model name and every text, so nothing stale is reused."""
-    digest = hashlib.sha256(embedder.name.encode())
-    for text in texts:
-        digest.update(b"\0" + text.encode())
-    path = OUT / f"emb-lookup-{digest.hexdigest()[:16]}.npy"
+    path = vector_file(OUT, "lookup", embedder.name, texts)
     if path.exists():
         cached: Vector = np.load(path)
         return cached
     started = time.perf_counter()
     vectors = np.concatenate([await embedder.embed(texts[i : i + 512]) for i in range(0, len(texts), 512)])
     console.print(f"[dim]embedded {len(texts)} texts in {time.perf_counter() - started:.0f} s[/dim]")
-    OUT.mkdir(parents=True, exist_ok=True)
-    np.save(path, vectors)
+    save_vectors(path, vectors)
     return vectors
 
 

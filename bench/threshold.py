@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import sys
 import time
@@ -54,6 +53,7 @@ from rich.table import Table
 from cascache.embedders.onnx_minilm import OnnxMiniLMEmbedder
 # The evaluation's own split and stream builder, so this bench and `cascache eval` draw the same streams.
 from cascache.quality.data import draw_zipf_stream, stratified_split
+from cascache.quality.vector_file import cached_vectors
 
 DATA = Path("/work/shared/data")
 OUT = Path(__file__).resolve().parent / "out"
@@ -89,23 +89,16 @@ def load_banking(data: Path) -> tuple[list[str], list[str]]:
 
 
 def embed_cached(embedder: OnnxMiniLMEmbedder, texts: list[str], tag: str) -> np.ndarray:
-    """Embed `texts`, reusing bench/out/ when the same embedder saw the same texts before.
+    """Embed `texts`, reusing bench/out/ when the same embedder saw the same texts before
+    (`cascache.quality.vector_file`: a changed model or data set never picks up stale vectors)."""
 
-    The file name hashes the embedder name and every text, so a changed model or
-    data set can never pick up stale vectors.
-    """
-    digest = hashlib.sha256(embedder.name.encode())
-    for text in texts:
-        digest.update(b"\0" + text.encode())
-    path = OUT / f"emb-{tag}-{digest.hexdigest()[:16]}.npy"
-    if path.exists():
-        return np.load(path)
-    started = time.perf_counter()
-    vectors = embedder.embed_sync(texts)
-    console.print(f"[dim]embedded {len(texts)} {tag} texts in {time.perf_counter() - started:.1f} s[/dim]")
-    OUT.mkdir(parents=True, exist_ok=True)
-    np.save(path, vectors)
-    return vectors
+    def embed(todo: list[str]) -> np.ndarray:
+        started = time.perf_counter()
+        vectors = embedder.embed_sync(todo)
+        console.print(f"[dim]embedded {len(todo)} {tag} texts in {time.perf_counter() - started:.1f} s[/dim]")
+        return vectors
+
+    return cached_vectors(OUT, tag, embedder.name, texts, embed)
 
 
 # --- (a) fow-cache pairs ------------------------------------------------------------------

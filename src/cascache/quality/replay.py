@@ -28,7 +28,6 @@ under a scope of its own, so every pair meets a cache holding only its `a`.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from cascache.keys import make_scope, request_keys
 from cascache.policy import decide
 from cascache.providers.openai import parse
 from cascache.quality.data import LabelledPair, Message, Stream
+from cascache.quality.vector_file import save_vectors, vector_file
 from cascache.stores.memory import MemoryStore
 from cascache.tiers.consensus import ConsensusRule, choose_with_consensus
 from cascache.tiers.guards import Choice, GuardSet, Veto
@@ -125,16 +125,13 @@ async def embed_texts(
     """Each distinct text's vector from `embedder`, in batches.
 
     With `cache_dir`, vectors are kept in a `.npy` file named by a hash of the
-    embedder's name and every text, so a changed model or data set can never
-    pick up stale vectors.
+    embedder's name and every text (`quality.vector_file`), so a changed model
+    or data set can never pick up stale vectors.
     """
     unique = sorted(set(texts))
     path: Path | None = None
     if cache_dir is not None:
-        digest = hashlib.sha256(embedder.name.encode())
-        for text in unique:
-            digest.update(b"\0" + text.encode())
-        path = cache_dir / f"emb-eval-{digest.hexdigest()[:16]}.npy"
+        path = vector_file(cache_dir, "eval", embedder.name, unique)
         if path.exists():
             matrix = np.load(path)
             if progress is not None:
@@ -148,8 +145,7 @@ async def embed_texts(
             progress(len(chunk))
     matrix = np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, matrix)
+        save_vectors(path, matrix)
     return {text: matrix[i] for i, text in enumerate(unique)}
 
 

@@ -25,12 +25,9 @@ docs/verified-mode.md (embeddings cached under bench/out/).
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
 import json
 import random
 import sys
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +37,8 @@ import numpy as np
 import numpy.typing as npt
 
 from cascache.quality import data as quality_data
+from cascache.quality.data import stratified_split
+from cascache.quality.vector_file import cached_vectors
 from cascache.tiers.verify import Action, EntryStats, VerifiedAcceptance, VerifyParams
 from cascache.verification.monitor import wilson_interval
 
@@ -234,46 +233,17 @@ def run_static_stream(
 
 
 def load_banking77(path: Path = DEFAULT_BANKING77) -> tuple[list[str], list[str]]:
-    with path.open(encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [r["text"] for r in rows], [r["category"] for r in rows]
+    """`cascache.quality.data.load_banking77`, reading the shared BANKING77 by default."""
+    return quality_data.load_banking77(path)
 
 
 def embed_cached(texts: Sequence[str], tag: str, out_dir: Path) -> npt.NDArray[np.float32]:
-    """Embed with the default embedder, reusing `out_dir` when the same model saw the same texts.
-
-    The file name hashes the embedder name and every text (the scheme of
-    bench/threshold.py, so both reuse one file).
-    """
+    """Embed with the default embedder, reusing `out_dir` when the same model saw the same texts
+    (`quality.vector_file`: bench/threshold.py names its files the same way, so both reuse one)."""
     from cascache.embedders.onnx_minilm import MODEL_NAME, OnnxMiniLMEmbedder
 
-    digest = hashlib.sha256(MODEL_NAME.encode())
-    for text in texts:
-        digest.update(b"\0" + text.encode())
-    path = out_dir / f"emb-{tag}-{digest.hexdigest()[:16]}.npy"
-    if path.exists():
-        loaded: npt.NDArray[np.float32] = np.load(path)
-        return loaded
-    vectors = OnnxMiniLMEmbedder(memo_size=0).embed_sync(list(texts))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(path, vectors)
-    return vectors
-
-
-def stratified_split(labels: Sequence[str], share: float, seed: int) -> tuple[list[int], list[int]]:
-    """Row indices of two parts: `share` of every label's rows go to the first (seeded)."""
-    rng = np.random.default_rng(seed)
-    by_label: dict[str, list[int]] = defaultdict(list)
-    for i, label in enumerate(labels):
-        by_label[label].append(i)
-    first: list[int] = []
-    second: list[int] = []
-    for label in sorted(by_label):
-        rows = [int(r) for r in rng.permutation(by_label[label])]
-        cut = round(len(rows) * share)
-        first.extend(rows[:cut])
-        second.extend(rows[cut:])
-    return sorted(first), sorted(second)
+    return cached_vectors(out_dir, tag, MODEL_NAME, texts,
+                          lambda todo: OnnxMiniLMEmbedder(memo_size=0).embed_sync(todo))
 
 
 def draw_zipf_stream(labels: Sequence[str], rows: Sequence[int], n: int, zipf_s: float, seed: int) -> list[int]:
