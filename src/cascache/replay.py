@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -22,6 +21,7 @@ from typing import Any
 import orjson
 
 from cascache._errors import InvalidRequest
+from cascache.jsonl import json_objects
 
 #: Sends one request; returns (status, headers, body bytes).
 Sender = Callable[[bytes, Mapping[str, str]], Awaitable[tuple[int, Mapping[str, str], bytes]]]
@@ -34,18 +34,12 @@ class WorkItem:
 
 
 def read_workload(path: Path) -> Iterator[WorkItem]:
-    with path.open() as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidRequest(f"{path}:{number}: not JSON: {exc}") from None
-            if not isinstance(row, dict):
-                raise InvalidRequest(f"{path}:{number}: each line must be a JSON object")
+    try:
+        for _, row in json_objects(path):
             body, headers = (row["body"], row.get("headers") or {}) if "body" in row else (row, {})
             yield WorkItem(orjson.dumps(body), {str(k).lower(): str(v) for k, v in headers.items()})
+    except ValueError as exc:  # a line that is not a JSON object: the CLI reports it as bad input
+        raise InvalidRequest(str(exc)) from None
 
 
 @dataclass

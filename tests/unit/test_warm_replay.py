@@ -7,12 +7,15 @@ import json
 from pathlib import Path
 
 import orjson
+import pytest
 from typer.testing import CliRunner
 
+from cascache._errors import InvalidRequest
 from cascache.cache import Cache
 from cascache.cli import app
 from cascache.config import load_settings
 from cascache.embedders import make_embedder
+from cascache.replay import read_workload
 from cascache.stores import SqliteHnswStore
 from cascache.testing.provider_sim import ProviderSim, SimServer
 from tests.fakes import FakeProvider
@@ -74,3 +77,12 @@ def test_replay_reports_per_tier_and_writes_html(tmp_path: Path) -> None:
     assert "hit-exact" in result.output and "miss" in result.output
     page = html.read_text()
     assert "<svg" in page and "hit-exact" in page and "50.0%" in page
+
+
+def test_a_bad_workload_line_is_invalid_input_naming_its_line(tmp_path: Path) -> None:
+    good = '{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+    for bad, why in (("[1]", "expected a JSON object"), ("{nope", "not JSON")):
+        path = tmp_path / "workload.jsonl"
+        path.write_text(f"{good}\n\n{bad}\n")
+        with pytest.raises(InvalidRequest, match=rf"workload\.jsonl:3: {why}"):
+            list(read_workload(path))

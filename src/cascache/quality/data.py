@@ -21,12 +21,14 @@ from __future__ import annotations
 import csv
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cascache.jsonl import json_objects
 
 __all__ = [
     "LabelledPair",
@@ -84,25 +86,11 @@ def _messages(value: Any, where: str) -> tuple[Message, ...]:
     raise ValueError(f"{where}: expected a string or a non-empty list of chat messages")
 
 
-def _json_lines(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON: {exc}") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object")
-            yield number, row
-
-
 def read_pairs(paths: Sequence[Path]) -> list[LabelledPair]:
     """Labelled pairs from JSONL files (a directory reads every *.jsonl in it, sorted)."""
     pairs: list[LabelledPair] = []
     for path in _expand(paths):
-        for number, row in _json_lines(path):
+        for number, row in json_objects(path):
             where = f"{path}:{number}"
             if not isinstance(row.get("same_answer"), bool):
                 raise ValueError(f"{where}: 'same_answer' must be true or false")
@@ -123,7 +111,7 @@ def read_streams(paths: Sequence[Path]) -> list[Stream]:
     streams: list[Stream] = []
     for path in _expand(paths):
         grouped: dict[str, list[LabelledQuery]] = defaultdict(list)
-        for number, row in _json_lines(path):
+        for number, row in json_objects(path):
             where = f"{path}:{number}"
             text, label = row.get("text"), row.get("label")
             if not isinstance(text, str) or label is None:
