@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from cascache._types import CacheEntry, Namespace, Scope
-from cascache.tiers.guards import Choice, GuardSet, Veto, choose, eligible
+from cascache.tiers.guards import Choice, GuardSet, choose_ranked, eligible, veto_for
 from cascache.verification.judges import answer_text, normalise
 
 __all__ = ["ConsensusRule", "agree", "choose_with_consensus"]
@@ -104,25 +104,17 @@ def choose_with_consensus(
     `cascache eval` and bench/quality.py call this same function.
     """
     ranked = eligible(candidates, namespace=namespace, scope=scope, now=now)
-    choice = choose(ranked[:k], namespace=namespace, scope=scope, now=now, threshold=threshold,
-                    query=query, guards=guards)
+    choice = choose_ranked(ranked[:k], threshold=threshold, query=query, guards=guards)
     if choice.entry is not None or rule is None:
         return choice
     agreed = agree(ranked, rule)
     if agreed is None:
         return choice
     entry, similarity = agreed
-    found = _guard(guards, query, entry)
+    found = veto_for(guards, query, entry.query)
     if found is not None:
         return Choice(None, choice.similarity, None, choice.veto or found)
     return Choice(entry, choice.similarity, similarity, choice.veto, consensus=True)
-
-
-def _guard(guards: GuardSet, query: str, entry: CacheEntry) -> Veto | None:
-    """As `choose` treats a candidate: without stored text it cannot be guarded, so any guard refuses it."""
-    if entry.query is None:
-        return Veto("no-text", "candidate has no stored text") if guards.names else None
-    return guards.check(query, entry.query)
 
 
 def _answer(entry: CacheEntry) -> str | None:

@@ -54,10 +54,12 @@ __all__ = [
     "Veto",
     "accept",
     "choose",
+    "choose_ranked",
     "eligible",
     "features",
     "validate_guard_names",
     "veto",
+    "veto_for",
 ]
 
 # --- token tables ------------------------------------------------------------------------
@@ -604,17 +606,12 @@ def accept(
     candidate_query: str | None,
     guards: GuardSet = _DEFAULT_SET,
 ) -> bool:
-    """True when a candidate may be served: its similarity clears the threshold and no guard vetoes.
-
-    A candidate without stored text (never written by the write-back, which
-    stores the text with every vector) cannot be guarded and is refused when
-    any guard is on.
+    """True when a candidate may be served: its similarity clears the threshold and no guard
+    vetoes (`veto_for`, which also refuses a candidate without stored text while any guard is on).
     """
     if math.isnan(similarity) or similarity < threshold:
         return False
-    if candidate_query is None:
-        return not guards.names
-    return guards.veto(query, candidate_query) is None
+    return veto_for(guards, query, candidate_query) is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -662,24 +659,40 @@ def choose(
 ) -> Choice:
     """Serve the most similar eligible candidate that clears the threshold and passes the guards.
 
-    Only `eligible` candidates count. They are tried in order of similarity
-    (stable for ties, as the store returned them), so with k > 1 a vetoed
-    nearest neighbour ("order 48213" for "order 48231") can still give way to
-    a cached entry that fits.
+    Only `eligible` candidates count (then as `choose_ranked`).
     """
     ranked = eligible(candidates, namespace=namespace, scope=scope, now=now)
+    return choose_ranked(ranked, threshold=threshold, query=query, guards=guards)
+
+
+def choose_ranked(
+    ranked: Sequence[tuple[CacheEntry, float]], *, threshold: float, query: str, guards: GuardSet
+) -> Choice:
+    """`choose` on candidates already `eligible` (so ranked, most similar first).
+
+    They are tried in order of similarity (stable for ties, as the store
+    returned them), so with k > 1 a vetoed nearest neighbour ("order 48213"
+    for "order 48231") can still give way to a cached entry that fits.
+    """
     best = ranked[0][1] if ranked else None
     first_veto: Veto | None = None
     for entry, similarity in ranked:
         if math.isnan(similarity) or similarity < threshold:
             break  # sorted: nothing further can clear the threshold
-        if entry.query is None:
-            if guards.names:
-                first_veto = first_veto or Veto("no-text", "candidate has no stored text")
-                continue
-            return Choice(entry, best, similarity, first_veto)
-        found = guards.check(query, entry.query)
+        found = veto_for(guards, query, entry.query)
         if found is None:
             return Choice(entry, best, similarity, first_veto)
         first_veto = first_veto or found
     return Choice(None, best, None, first_veto)
+
+
+def veto_for(guards: GuardSet, query: str, candidate_query: str | None) -> Veto | None:
+    """The guards' verdict on serving a candidate cached for `candidate_query` as the answer to `query`.
+
+    A candidate without stored text (never written by the write-back, which
+    stores the text with every vector) cannot be guarded, so any guard refuses
+    it; with no guards it may be served.
+    """
+    if candidate_query is None:
+        return Veto("no-text", "candidate has no stored text") if guards.names else None
+    return guards.check(query, candidate_query)
