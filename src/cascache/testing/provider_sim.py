@@ -621,11 +621,15 @@ class ProviderSim:
             self._log.clear()
 
     def _take_fault(self, api: Api) -> Fault | None:
+        """The next fault queued for `api`. One with a status is raised at once, as that error
+        (answered after its latency); the others shape the answer being served."""
         with self._lock:
-            for index, fault in enumerate(self._faults):
-                if fault.api in (None, api):
-                    return self._faults.pop(index)
-        return None
+            index = next((i for i, queued in enumerate(self._faults) if queued.api in (None, api)), None)
+            fault = None if index is None else self._faults.pop(index)
+        if fault is not None and fault.status is not None:
+            raise SimError(fault.status, fault.message, fault.error_type, headers=fault.headers,
+                           delay_s=self.latency_s + fault.latency_s)
+        return fault
 
     def _record(self, record: SimRecord) -> SimRecord:
         with self._lock:
@@ -641,9 +645,6 @@ class ProviderSim:
             body = await _json_body(request)
             self._check_anthropic_headers(request)
             fault = self._take_fault("anthropic")
-            if fault is not None and fault.status is not None:
-                raise SimError(fault.status, fault.message, fault.error_type, headers=fault.headers,
-                               delay_s=self.latency_s + fault.latency_s)
             served = self._serve_anthropic(body, _partition(request), fault)
         except SimError as exc:
             await asyncio.sleep(exc.delay_s)
@@ -729,9 +730,6 @@ class ProviderSim:
                 raise SimError(401, "You didn't provide an API key. You need to provide your API key in an "
                                     "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
             fault = self._take_fault("openai")
-            if fault is not None and fault.status is not None:
-                raise SimError(fault.status, fault.message, fault.error_type, headers=fault.headers,
-                               delay_s=self.latency_s + fault.latency_s)
             served = self._serve_openai(body, _partition(request), fault)
         except SimError as exc:
             await asyncio.sleep(exc.delay_s)
