@@ -66,8 +66,12 @@ async def build_store(settings: Settings, dim: int) -> Store:
 MAX_JSON_DEPTH = 128
 
 
-def _check_depth(body: Any) -> None:
+def _check_depth(raw_body: bytes, body: Any) -> None:
     """Refuse (400) a body nested deeper than MAX_JSON_DEPTH; walks containers only, iteratively."""
+    # Nesting cannot be deeper than the number of opening brackets, so almost every request skips
+    # the walk: counting bytes is C speed, visiting each container on every request is not.
+    if raw_body.count(b"[") + raw_body.count(b"{") <= MAX_JSON_DEPTH:
+        return
     pending: list[tuple[Any, int]] = [(body, 1)]
     while pending:
         value, depth = pending.pop()
@@ -160,7 +164,7 @@ class Cache:
                 body = orjson.loads(raw_body)
             except orjson.JSONDecodeError as exc:
                 raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-            _check_depth(body)
+            _check_depth(raw_body, body)
             request = provider.parse(body)
             started = time.perf_counter()
             outcome = await self.pipeline.handle(provider, request, raw_body, headers)
