@@ -219,11 +219,7 @@ class PoolUpstream:
                 reply = await replica.upstream.post(path, body, headers, stream)
             except BaseException as exc:
                 lease.release()
-                if not refused_before_sending(exc):
-                    raise
-                tried.add(replica.id)
-                self._take_out(replica, f"refused a connection: {exc}")
-                if len(tried) == len(self._replicas):
+                if not self._fail_over(replica, exc, tried):
                     raise
                 self.failovers += 1
                 continue
@@ -239,14 +235,20 @@ class PoolUpstream:
             try:
                 return await replica.upstream.get(path, headers)
             except BaseException as exc:
-                if not refused_before_sending(exc):
-                    raise
-                tried.add(replica.id)
-                self._take_out(replica, f"refused a connection: {exc}")
-                if len(tried) == len(self._replicas):
+                if not self._fail_over(replica, exc, tried):
                     raise
             finally:
                 lease.release()
+
+    def _fail_over(self, replica: _Replica, exc: BaseException, tried: set[ReplicaId]) -> bool:
+        """After `replica` failed with `exc`: may the call go to another replica? Only when the
+        connection was refused before anything was sent (then the replica is taken out of
+        rotation) and some replica is still untried."""
+        if not refused_before_sending(exc):
+            return False
+        tried.add(replica.id)
+        self._take_out(replica, f"refused a connection: {exc}")
+        return len(tried) < len(self._replicas)
 
     async def start(self) -> None:
         """Start the background health checks (also started by the first call)."""
