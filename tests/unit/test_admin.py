@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from cascache._errors import StoreUnavailable
 from cascache.config import load_settings
 from cascache.gateway import create_app
 from tests.unit.gateway_harness import Harness, body, post
@@ -107,3 +108,20 @@ def test_entries_paging_and_stats(admin_client: tuple[TestClient, Harness]) -> N
     # Three finished misses, each its own flight: none in progress, nobody followed; tasks >= this request's.
     assert stats["runtime"]["flights_in_progress"] == 0 and stats["runtime"]["followers_joined"] == 0
     assert stats["runtime"]["tasks"] >= 1
+
+
+def test_a_store_that_is_down_gets_a_503_not_a_500(admin_client: tuple[TestClient, Harness],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    client, harness = admin_client
+
+    async def locked(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("cache.db is locked by another process")
+
+    for method in ("purge", "list_entries", "stats"):
+        monkeypatch.setattr(harness.store, method, locked)
+    for method, path, payload in (("POST", "/admin/purge", {"all": True}), ("GET", "/admin/entries", None),
+                                  ("GET", "/admin/stats", None)):
+        reply = admin(client, method, path, json=payload)
+        assert reply.status_code == 503, (path, reply.text)
+        assert reply.json()["error"]["type"] == "admin_error"
+        assert "locked by another process" in reply.json()["error"]["message"]

@@ -29,6 +29,12 @@ def _problem(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": "admin_error"}}, status_code=status)
 
 
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    """An admin call the store could not serve (a locked SQLite, a Redis node down): 503, so the
+    operator knows to retry. Requests on the chat path never get here: their tiers fail open."""
+    return _problem(503, f"the cache store is unavailable, retry later: {exc}")
+
+
 def require_admin(handler: Handler) -> Handler:
     async def guarded(request: Request) -> Response:
         cache: Cache = request.app.state.cache

@@ -7,13 +7,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import orjson
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cascache._errors import BodyReadTimeout, BodyTooLarge, CascacheError, NoUpstream
+from cascache._errors import BodyReadTimeout, BodyTooLarge, CascacheError, NoUpstream, StoreUnavailable
 from cascache.cache import Cache
 from cascache.config import Settings
 from cascache.gateway import admin, dashboard
@@ -150,4 +149,5 @@ def create_app(settings: Settings, cache_factory: CacheFactory = default_cache) 
         *dashboard.ROUTES,
     ]
     return Starlette(routes=routes, lifespan=lifespan,
-                     exception_handlers={404: not_found, 405: method_not_allowed})
+                     exception_handlers={404: not_found, 405: method_not_allowed,
+                                         StoreUnavailable: admin.store_unavailable})
